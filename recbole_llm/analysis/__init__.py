@@ -1,0 +1,235 @@
+"""Experiments on finished runs: comparison tables and the papers' analyses (CSV + PNG each).
+
+    python -m recbole_llm.analysis compare results/ml-100k --base SASRec
+    python -m recbole_llm.analysis popularity RESULTS.json [RESULTS.json ...]
+    python -m recbole_llm.analysis temporal RESULTS.json [...]
+    python -m recbole_llm.analysis ig-stats RESULTS.json [...]
+    python -m recbole_llm.analysis ig-loss saved/LLMGenRec-ml-100k-.../ [...]
+
+This module holds what every analysis shares: reloading runs, ranking items the same way for the
+generative model and RecBole's baselines, and scoring ranked lists with RecBole's own metric classes.
+Heavy imports (RecBole data, the LLM) happen inside functions so ``compare`` stays light.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+# Metrics that RecBole computes from ``rec.topk`` alone (what a ranked list can feed).
+TOPK_METRICS = {"hit", "ndcg", "mrr", "recall", "precision", "map"}
+
+
+class Run(NamedTuple):
+    """A reloaded run with the label it gets in tables and plots."""
+
+    label: str
+    info: dict[str, Any]
+    trained: Any  # recbole_llm.quick_start.Trained
+
+
+def is_generative(model) -> bool:
+    """LLMGenRec (and any model that writes item titles) ranks by decoding, not by scoring every item."""
+    return hasattr(model, "recommend_histories")
+
+
+def histories_of(interaction, seq_field: str, len_field: str) -> list[list[int]]:
+    """Each sample's history as a list of item ids, oldest first, padding removed."""
+    seq = interaction[seq_field].cpu()
+    lens = interaction[len_field].cpu().tolist()
+    return [row[:n].tolist() for row, n in zip(seq, lens, strict=True)]
+
+
+@torch.no_grad()
+def rank_items(model, interaction, k: int, without_history: bool = False) -> torch.Tensor:
+    """Top-``k`` internal item ids ``[B, k]`` (CPU, ``-1`` pads short lists) for any sequential model.
+
+    LLMGenRec decodes (``recommend_histories``); RecBole baselines score the catalogue with
+    ``full_sort_predict`` and take the top-k with the padding item 0 excluded, exactly as RecBole's
+    full-sort evaluation does.
+    """
+    if is_generative(model):
+        histories = histories_of(interaction, model.ITEM_SEQ, model.ITEM_SEQ_LEN)
+        if without_history:
+            ranked = model.recommend_histories(histories, k, without_history=True)
+        else:
+            ranked = model.recommend_histories(histories, k)
+        return ranked.cpu().long()
+    if without_history:
+        raise ValueError(
+            f"{type(model).__name__} has no history-free input: recommendations without the history are only "
+            "defined for generative models (LLMGenRec), whose prompt can drop the history section."
+        )
+    scores = model.full_sort_predict(interaction).float().view(len(interaction[model.ITEM_SEQ]), -1).clone()
+    scores[:, 0] = float("-inf")
+    k_eff = min(k, scores.shape[1] - 1)
+    ranked = torch.topk(scores, k_eff, dim=1).indices.cpu()
+    if k_eff < k:
+        ranked = torch.cat([ranked, torch.full((ranked.shape[0], k - k_eff), -1, dtype=ranked.dtype)], dim=1)
+    return ranked
+
+
+def ranked_to_topk(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """RecBole's ``rec.topk`` rows (hit flags per rank, then the number of positives = 1).
+
+    Same layout as :func:`recbole_llm.trainer.llm_trainer.ranked_to_topk`; kept here so analyses of
+    baselines do not import the LLM trainer. ``-1`` slots never hit.
+    """
+    hits = (ranked == targets.view(-1, 1)).int()
+    return torch.cat([hits, torch.ones_like(hits[:, :1])], dim=1)
+
+
+def evaluate_ranked(
+    ranked: torch.Tensor, targets: torch.Tensor, config, decimals: int = 6
+) -> dict[str, float]:
+    """HR@K, NDCG@K, ... of ranked lists, computed by RecBole's own metric classes.
+
+    ``config`` gives ``metrics`` and ``topk`` (a RecBole ``Config`` or a plain dict); metrics that need
+    more than ``rec.topk`` (coverage, popularity) are skipped. Lists shorter than max(topk) are padded
+    with ``-1`` (never a hit).
+    """
+    from recbole.config import Config as RecBoleConfig
+    from recbole.evaluator import Evaluator
+    from recbole.evaluator.collector import DataStruct
+
+    if not hasattr(np, "float"):
+        # RecBole's metric classes use np.float; its Config installs these aliases, a plain dict does not.
+        RecBoleConfig.compatibility_settings(None)
+    topk = list(config["topk"])
+    metrics = [m for m in config["metrics"] if m.lower() in TOPK_METRICS]
+    if not metrics:
+        raise ValueError(
+            f"No ranking metric in metrics={config['metrics']}: use Hit, NDCG, MRR, Recall or Precision."
+        )
+    width = max(topk)
+    if ranked.shape[1] < width:
+        pad = torch.full((ranked.shape[0], width - ranked.shape[1]), -1, dtype=ranked.dtype)
+        ranked = torch.cat([ranked, pad], dim=1)
+    struct = DataStruct()
+    struct.set("rec.topk", ranked_to_topk(ranked[:, :width].cpu(), targets.cpu()))
+    evaluator = Evaluator({"metrics": metrics, "topk": topk, "metric_decimal_place": decimals})
+    return {k: float(v) for k, v in evaluator.evaluate(struct).items()}
+
+
+def select_rows(n_rows: int, max_rows: int | None, seed: int) -> np.ndarray:
+    """A seeded, order-preserving subset of ``max_rows`` samples (all when ``None``); CPU runs need it."""
+    if max_rows is None or max_rows >= n_rows:
+        return np.arange(n_rows)
+    if max_rows <= 0:
+        raise ValueError(f"--max-users must be positive, got {max_rows}: omit it to use every test sample.")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_rows, size=max_rows, replace=False))
+
+
+def iter_batches(
+    dataset, rows: np.ndarray, batch_size: int, device, desc: str
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """Yield ``(row_indices, Interaction on device)`` over ``rows`` of ``dataset.inter_feat``, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    batch_size = max(1, int(batch_size))
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc=desc, total=len(starts), ncols=100, leave=False):
+        idx = rows[start : start + batch_size]
+        yield idx, dataset.inter_feat[torch.from_numpy(idx)].to(device)
+
+
+def batch_size_for(model, config) -> int:
+    """Users decoded together for the LLM (``decode_batch_size``), RecBole's ``eval_batch_size`` otherwise."""
+    if is_generative(model):
+        return int(config["decode_batch_size"] or 8)
+    return int(config["eval_batch_size"] or 256)
+
+
+def model_device(model, config):
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return config["device"]
+
+
+def split_target_counts(dataset, split: str = "train") -> torch.Tensor:
+    """How often each internal item id is a target in the *whole* prepared ``split`` file.
+
+    Read from ``<name>.<split>.inter`` rather than the loaded split because ``train_sample_num`` may
+    have sub-sampled it (LLMGenRec trains on 1024 samples by default), and popularity groups and IG
+    statistics must be the same for every model of a dataset. Falls back to the loaded split when the
+    file is missing.
+    """
+    import pandas as pd
+
+    config = dataset.config
+    iid = dataset.iid_field
+    path = Path(config["data_path"]) / f"{config['dataset']}.{split}.inter"
+    n_items = dataset.item_num
+    if not path.is_file():
+        print(
+            f"[analysis] {path} not found: popularity from the loaded {split} split instead.", file=sys.stderr
+        )
+        return torch.bincount(dataset.inter_feat[iid].cpu(), minlength=n_items)[:n_items].float()
+    column = f"{iid}:token"
+    frame = pd.read_csv(
+        path, sep="\t", usecols=[column], dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE
+    )
+    token2id = dataset.field2token_id[iid]
+    ids = [token2id.get(tok, -1) for tok in frame[column].tolist()]
+    ids = torch.tensor([i for i in ids if i > 0], dtype=torch.long)
+    return torch.bincount(ids, minlength=n_items)[:n_items].float()
+
+
+def read_run_info(path: str | Path) -> dict[str, Any]:
+    """The results JSON of a run (or a run folder's ``run.json``): used for labels, never for weights."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "run.json", path.parent / "run.json"):
+            if candidate.is_file():
+                info = json.loads(candidate.read_text())
+                info.setdefault("run", path.name)
+                return info
+        return {"run": path.name}
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: pass a results JSON (results/<dataset>/*.json) or a run folder."
+        )
+    return json.loads(path.read_text())
+
+
+def load_runs(paths: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> Iterator[Run]:
+    """Reload each finished run (one at a time, to keep one model in memory) with a unique label."""
+    from recbole_llm.analysis.compare import labels_for
+    from recbole_llm.quick_start import load_trained
+
+    infos = [read_run_info(p) for p in paths]
+    labels = labels_for(infos)
+    for path, info, label in zip(paths, infos, labels, strict=True):
+        trained = load_trained(path, config_dict=dict(overrides or {}))
+        yield Run(label, info, trained)
+
+
+def default_output(trained) -> Path:
+    """``<results_dir>/<dataset>/analysis`` (next to the results JSONs, which are not searched recursively)."""
+    return Path(trained.config["results_dir"] or "results") / trained.config["dataset"] / "analysis"
+
+
+__all__ = [
+    "Run",
+    "batch_size_for",
+    "default_output",
+    "evaluate_ranked",
+    "histories_of",
+    "is_generative",
+    "iter_batches",
+    "load_runs",
+    "rank_items",
+    "ranked_to_topk",
+    "read_run_info",
+    "select_rows",
+    "split_target_counts",
+]

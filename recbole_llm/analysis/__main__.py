@@ -1,0 +1,114 @@
+"""Command line of the analyses: each writes CSV (+ Markdown for compare) and one PNG.
+
+    python -m recbole_llm.analysis compare results/ml-100k --base SASRec
+    python -m recbole_llm.analysis popularity results/ml-100k/LLMGenRec-sft-d3-*.json results/ml-100k/LLMGenRec-cft-d3-*.json
+    python -m recbole_llm.analysis temporal results/ml-100k/LLMGenRec-cetrec-d3-*.json --max-users 200
+    python -m recbole_llm.analysis ig-stats results/ml-100k/LLMGenRec-igd-d3-*.json
+    python -m recbole_llm.analysis ig-loss saved/LLMGenRec-ml-100k-*/
+
+RUN arguments are results JSONs (results/<dataset>/<run>-<time>.json) or LLM run folders (saved/...).
+Outputs go to --output, by default <results_dir>/<dataset>/analysis/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from recbole_llm.analysis.compare import DEFAULT_METRICS
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    from recbole_llm.config import parse_value
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE (e.g. --set decode_batch_size=16), got {pair!r}.")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _run_options(p: argparse.ArgumentParser, default_k: str) -> None:
+    p.add_argument("runs", nargs="+", help="results JSONs or run folders of finished runs")
+    p.add_argument("--k", type=int, default=None, help=f"length of the ranked lists ({default_k})")
+    p.add_argument("--max-users", type=int, default=None, help="seeded sample of test users (default: all)")
+    p.add_argument("--output", default=None, help="output folder (default <results_dir>/<dataset>/analysis)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="config override when reloading runs (repeatable)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_llm.analysis",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compare", help="one table (CSV + Markdown + PNG) of results JSONs")
+    p.add_argument("results", nargs="+", help="results JSONs or folders holding them (e.g. results/ml-100k)")
+    p.add_argument("--base", default=None, help="label or run name of the row improvements are relative to")
+    p.add_argument(
+        "--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated (default %(default)s)"
+    )
+    p.add_argument("--all", action="store_true", help="keep every result, not only the newest per label")
+    p.add_argument("--sort", default=None, help="sort rows by this metric, best first")
+    p.add_argument("--output", default=None, help="output folder (default: the results folder)")
+
+    p = sub.add_parser("popularity", help="popularity-group shares of the top-K lists (CFT Fig. 1/4)")
+    _run_options(p, "default: max(topk)")
+    p.add_argument("--groups", type=int, default=5, help="number of popularity groups (default 5, as CFT)")
+    p.add_argument("--grouping", choices=("items", "interactions"), default="items")
+
+    p = sub.add_parser("temporal", help="metrics on reversed test histories (CETRec Fig. 4)")
+    _run_options(p, "default: max(topk)")
+
+    p = sub.add_parser(
+        "ig-stats", help="zero-IG token share and entropy per decoding step (IGD Table 4, Fig. 1-3)"
+    )
+    _run_options(p, "default: max(topk)")
+
+    p = sub.add_parser("ig-loss", help="token loss by IG group per epoch (IGD §4.2.1), from ig_loss.csv")
+    p.add_argument("runs", nargs="+", help="run folders, results JSONs or ig_loss.csv files")
+    p.add_argument("--output", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    # RecBole's Config reads --key=value from sys.argv: keep our options out of the reloaded configs.
+    sys.argv = sys.argv[:1]
+    if args.command == "compare":
+        from recbole_llm.analysis.compare import run_compare
+
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        files = run_compare(args.results, args.output, args.base, metrics, args.all, args.sort)
+    elif args.command == "popularity":
+        from recbole_llm.analysis.popularity import run_popularity
+
+        files = run_popularity(
+            args.runs, args.output, args.k, args.groups, args.grouping, args.max_users, _overrides(args.set)
+        )
+    elif args.command == "temporal":
+        from recbole_llm.analysis.temporal import run_temporal
+
+        files = run_temporal(args.runs, args.output, args.k, args.max_users, _overrides(args.set))
+    elif args.command == "ig-stats":
+        from recbole_llm.analysis.ig_stats import run_ig_stats
+
+        files = run_ig_stats(args.runs, args.output, args.k, args.max_users, _overrides(args.set))
+    else:
+        from recbole_llm.analysis.ig_stats import run_ig_loss
+
+        files = run_ig_loss(args.runs, args.output)
+    for name, path in files.items():
+        print(f"wrote {name}: {path}", file=sys.stderr)
+    return files
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""Information-gain statistics of item titles (IGD Table 4, Fig. 1-3) and token loss by IG group (§4.2.1).
+
+Decision view of IGD: items are token paths in a prefix tree; the reference distribution gives each
+item ``p_i`` = its share of training targets. A node's entropy is ``S(node) = sum over items under the
+node of -p_i log p_i`` (natural log, ``p_i`` normalised over the whole catalogue, as in the reference
+code), and a token's information gain is ``IG = S(parent) - S(child)``: exactly 0 when the parent has a
+single child, i.e. the token decides nothing.
+
+* Table 4: share of zero-IG tokens among the target tokens of the training samples (and of the catalogue).
+* Fig. 1-3: mean entropy of the node reached after each decoding step, for the model's top-K items
+  and for the ground-truth items; predictions with higher entropy favour low-IG tokens.
+* §4.2.1: mean token loss of zero-, low- and high-IG tokens during training, per epoch
+  (:class:`IGLossTracker`, called by the trainer; ``ig-loss`` plots what it wrote).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recbole_llm.analysis import (
+    Run,
+    batch_size_for,
+    default_output,
+    is_generative,
+    iter_batches,
+    load_runs,
+    model_device,
+    rank_items,
+    read_run_info,
+    select_rows,
+    split_target_counts,
+)
+
+IG_GROUPS = ("zero", "low", "high")
+ZERO_TOL = 1e-9
+
+
+class ReferenceTrie:
+    """Plain-Python prefix tree holding ``S(node)``: the small, independent reference of :class:`TitleTrie`.
+
+    Items with identical sequences share one leaf whose probability is the sum of theirs (as
+    ``TitleTrie`` does), so the entropies are the same as the decoding trie's ``node_entropy``.
+    """
+
+    def __init__(self, sequences: Sequence[Sequence[int]], weights: Sequence[float]):
+        weights = [float(w) for w in weights]
+        if len(weights) != len(sequences):
+            raise ValueError(
+                f"{len(sequences)} sequences but {len(weights)} weights: give one weight per item."
+            )
+        if any(w < 0 for w in weights):
+            raise ValueError("Item weights must be non-negative (they are training-target counts).")
+        total = sum(weights)
+        if total <= 0:
+            raise ValueError("All item weights are 0: the reference distribution needs training targets.")
+        leaves: dict[tuple[int, ...], float] = {}
+        for seq, w in zip(sequences, weights, strict=True):
+            key = tuple(int(t) for t in seq)
+            leaves[key] = leaves.get(key, 0.0) + w
+        self.children: list[dict[int, int]] = [{}]
+        self.score: list[float] = [0.0]
+        for seq, w in leaves.items():
+            p = w / total
+            h = -p * math.log(p) if p > 0 else 0.0
+            node = 0
+            self.score[0] += h
+            for token in seq:
+                nxt = self.children[node].get(token)
+                if nxt is None:
+                    nxt = len(self.score)
+                    self.children[node][token] = nxt
+                    self.children.append({})
+                    self.score.append(0.0)
+                node = nxt
+                self.score[node] += h
+
+    def path(self, seq: Sequence[int]) -> list[int]:
+        """Node ids after each token (``KeyError`` if the sequence is not a path of the tree)."""
+        node, out = 0, []
+        for token in seq:
+            node = self.children[node][int(token)]
+            out.append(node)
+        return out
+
+    def entropies(self, seq: Sequence[int]) -> list[float]:
+        """``S`` of the node reached after each step of ``seq``."""
+        return [self.score[n] for n in self.path(seq)]
+
+    def information_gain(self, seq: Sequence[int]) -> list[float]:
+        """``S(parent) - S(child)`` of each token of ``seq``."""
+        nodes = [0, *self.path(seq)]
+        return [self.score[a] - self.score[b] for a, b in zip(nodes[:-1], nodes[1:], strict=True)]
+
+
+def path_entropies(sequences: Sequence[Sequence[int]], weights: Sequence[float]) -> list[list[float]]:
+    """Entropy of the node after each step of every sequence, in the tree built from those sequences."""
+    trie = ReferenceTrie(sequences, weights)
+    return [trie.entropies(s) for s in sequences]
+
+
+def item_path_entropies(trie, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(S [n, max_depth] float64, valid [n, max_depth])`` after each token of each item's title.
+
+    Read from :class:`~recbole_llm.model.trie.TitleTrie`'s public arrays (``item_leaf``, ``leaf_path``,
+    ``node_entropy``), vectorised over items.
+    """
+    leaf = trie.item_leaf[items]
+    if (leaf < 0).any():
+        raise ValueError("item_path_entropies: some items are not in the trie (build it over every item).")
+    nodes = trie.leaf_path[leaf]
+    valid = nodes > 0
+    values = torch.where(valid, trie.node_entropy[nodes.clamp_min(0)], torch.zeros((), dtype=torch.float64))
+    return values, valid
+
+
+def zero_ig_statistics(
+    token_ig: torch.Tensor,
+    valid: torch.Tensor,
+    occurrences: torch.Tensor | Sequence[float],
+    tol: float = ZERO_TOL,
+) -> dict[str, float]:
+    """Tokens and zero-IG tokens when item row ``i`` is written ``occurrences[i]`` times (IGD Table 4).
+
+    ``token_ig``/``valid`` are ``[n, depth]`` (one row per item title, ``valid`` masks padding).
+    """
+    occ = torch.as_tensor(occurrences, dtype=torch.float64).reshape(-1)
+    valid = valid.bool()
+    zeros = ((token_ig.abs() <= tol) & valid).sum(1).double()
+    lengths = valid.sum(1).double()
+    tokens = float((occ * lengths).sum())
+    zero = float((occ * zeros).sum())
+    return {"tokens": tokens, "zero_ig_tokens": zero, "zero_ig_share": zero / tokens if tokens else math.nan}
+
+
+def entropy_by_step(values: torch.Tensor, valid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, count)`` per decoding step (column) over the rows that reach that step."""
+    valid = valid.bool()
+    counts = valid.sum(0)
+    sums = torch.where(valid, values.double(), torch.zeros((), dtype=torch.float64)).sum(0)
+    means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, math.nan))
+    return means.numpy(), counts.numpy()
+
+
+def median_positive_ig(token_ig: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """(Weighted, lower) median of the positive IG values: the low/high split of IGD §4.2.1.
+
+    ``weights`` counts how often each token occurs (e.g. its item's training-target count), so the
+    median is over training tokens as the loss sees them. NaN when no token has positive IG.
+    """
+    ig = torch.as_tensor(token_ig, dtype=torch.float64).reshape(-1)
+    w = torch.ones_like(ig) if weights is None else torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    keep = (ig > ZERO_TOL) & (w > 0)
+    ig, w = ig[keep], w[keep]
+    if len(ig) == 0:
+        return math.nan
+    order = torch.argsort(ig, stable=True)
+    ig, cum = ig[order], torch.cumsum(w[order], 0)
+    return float(ig[int(torch.searchsorted(cum, cum[-1] / 2))])
+
+
+def loss_by_ig_group(
+    token_losses: torch.Tensor, token_ig: torch.Tensor, low_high_threshold: float | None = None
+) -> dict[str, tuple[float, int]]:
+    """``{group: (loss sum, token count)}`` for zero IG, low IG (``0 < IG <= threshold``) and high IG.
+
+    ``low_high_threshold`` defaults to the median positive IG of the given tokens; pass a fixed value
+    (the dataset-level median, see :func:`median_positive_ig`) to keep groups stable across batches.
+    """
+    loss = torch.as_tensor(token_losses).detach().reshape(-1).double().cpu()
+    ig = torch.as_tensor(token_ig).detach().reshape(-1).double().cpu()
+    if loss.shape != ig.shape:
+        raise ValueError(
+            f"token_losses has {loss.numel()} values but token_ig has {ig.numel()}: one IG per token."
+        )
+    threshold = median_positive_ig(ig) if low_high_threshold is None else float(low_high_threshold)
+    zero = ig.abs() <= ZERO_TOL
+    low = ~zero & (ig <= threshold) if not math.isnan(threshold) else torch.zeros_like(zero)
+    high = ~zero & ~low
+    return {
+        name: (float(loss[m].sum()), int(m.sum()))
+        for name, m in zip(IG_GROUPS, (zero, low, high), strict=True)
+    }
+
+
+class IGLossTracker:
+    """Accumulates token losses by IG group over an epoch, then writes ``ig_loss.csv`` and TensorBoard scalars.
+
+    The trainer calls :meth:`update` (or :meth:`update_from_logits`) for every training micro-batch and
+    :meth:`flush` once per epoch. CSV columns: ``epoch, group, mean_loss, tokens, threshold``.
+    """
+
+    def __init__(self, csv_path: str | Path, threshold: float | None = None, tensorboard=None):
+        self.csv_path = Path(csv_path)
+        self.threshold = threshold
+        self.tensorboard = tensorboard
+        self._reset()
+
+    @classmethod
+    def for_token_table(
+        cls,
+        csv_path: str | Path,
+        token_ig: torch.Tensor,
+        lengths: torch.Tensor,
+        popularity: torch.Tensor,
+        tensorboard=None,
+    ) -> IGLossTracker:
+        """Tracker whose low/high split is the median positive IG over the training target tokens.
+
+        ``token_ig[i, :lengths[i]]`` is the IG of item ``i``'s title tokens (LLMGenRec's ``item_token_ig``
+        and ``item_lengths``); ``popularity[i]`` (its training-target count) weights those tokens.
+        """
+        token_ig = token_ig.detach().cpu()
+        valid = torch.arange(token_ig.shape[1]).unsqueeze(0) < lengths.detach().cpu().view(-1, 1)
+        weights = popularity.detach().cpu().double()[: token_ig.shape[0]].unsqueeze(1).expand_as(token_ig)
+        return cls(csv_path, median_positive_ig(token_ig[valid], weights[valid]), tensorboard)
+
+    def _reset(self) -> None:
+        self._sums = dict.fromkeys(IG_GROUPS, 0.0)
+        self._counts = dict.fromkeys(IG_GROUPS, 0)
+
+    def update(self, token_losses: torch.Tensor, token_ig: torch.Tensor) -> None:
+        for name, (total, count) in loss_by_ig_group(token_losses, token_ig, self.threshold).items():
+            self._sums[name] += total
+            self._counts[name] += count
+
+    @torch.no_grad()
+    def update_from_logits(self, logits: torch.Tensor, labels: torch.Tensor, token_ig: torch.Tensor) -> None:
+        """Per-token cross-entropy of target logits ``[T, V]`` and labels ``[T]`` (``-100`` ignored)."""
+        keep = labels != -100
+        losses = torch.nn.functional.cross_entropy(
+            logits[keep].detach().float(), labels[keep], reduction="none"
+        )
+        self.update(losses, token_ig.to(keep.device)[keep])
+
+    def flush(self, epoch: int, tensorboard=None) -> dict[str, float]:
+        """Append this epoch's means to the CSV (and TensorBoard ``IG_loss/<group>``), then reset."""
+        means = {g: self._sums[g] / self._counts[g] if self._counts[g] else math.nan for g in IG_GROUPS}
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.csv_path.is_file()
+        with self.csv_path.open("a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["epoch", "group", "mean_loss", "tokens", "threshold"])
+            for g in IG_GROUPS:
+                writer.writerow([epoch, g, means[g], self._counts[g], self.threshold])
+        writer_tb = tensorboard or self.tensorboard
+        if writer_tb is not None:
+            for g in IG_GROUPS:
+                if self._counts[g]:
+                    writer_tb.add_scalar(f"IG_loss/{g}", means[g], epoch)
+        self._reset()
+        return means
+
+
+# ----------------------------------------------------------------------------- ig-stats command
+def item_sequences(model) -> list[list[int]]:
+    """Title token sequence of every internal item id (index 0 unused), exactly as trained and decoded."""
+    if not is_generative(model) or not hasattr(model, "prompts"):
+        raise ValueError(
+            f"{type(model).__name__} has no item token sequences: IG statistics need an LLMGenRec run "
+            "(titles are tokenised by its tokenizer)."
+        )
+    return [list(map(int, s)) for s in model.prompts.all_target_sequences()]
+
+
+def analyse_run(
+    run: Run, k: int, max_users: int | None = None, seed: int = 2020
+) -> tuple[list[dict], list[dict]]:
+    """Zero-IG shares (Table 4) and entropy per decoding step of predicted vs ground-truth items (Fig. 1-3).
+
+    The reference distribution is every item's count as a target in the whole training split, over a
+    trie of *all* items (so predicted and ground-truth items are always on it).
+    """
+    from recbole_llm.model.trie import TitleTrie
+
+    trained, model = run.trained, run.trained.model
+    test = trained.test_data.dataset
+    sequences = item_sequences(model)
+    counts = split_target_counts(test, "train")[: len(sequences)].double()
+    items = torch.arange(1, len(sequences))
+    trie = TitleTrie.build([sequences[i] for i in items.tolist()], items.tolist(), item_weight=counts[items])
+    token_ig, ig_valid = trie.item_token_ig(items)
+    entropy, ent_valid = item_path_entropies(trie, torch.arange(0, len(sequences)).clamp_min(1))
+    ent_valid[0] = False  # row 0 (padding item) only makes ids index rows directly
+    weights = counts[items].unsqueeze(1).expand_as(token_ig)[ig_valid]
+    threshold = median_positive_ig(token_ig[ig_valid], weights)
+    zero_rows = []
+    for scope, occ in (("train_target_tokens", counts[items]), ("catalogue_tokens", torch.ones(len(items)))):
+        zero_rows.append(
+            {
+                "method": run.label,
+                "dataset": trained.config["dataset"],
+                "scope": scope,
+                "items": len(items),
+                **zero_ig_statistics(token_ig, ig_valid, occ),
+                "median_positive_ig": threshold,
+            }
+        )
+
+    rows_idx = select_rows(len(test), max_users, seed)
+    device = model_device(model, trained.config)
+    predicted, truth = [], []
+    for _, inter in iter_batches(
+        test, rows_idx, batch_size_for(model, trained.config), device, f"{run.label} entropy"
+    ):
+        ranked = rank_items(model, inter, k).reshape(-1)
+        predicted.append(ranked[ranked > 0])
+        truth.append(inter[model.POS_ITEM_ID].cpu())
+    pred_ids, true_ids = torch.cat(predicted), torch.cat(truth)
+    pred_mean, pred_n = entropy_by_step(entropy[pred_ids], ent_valid[pred_ids])
+    true_mean, true_n = entropy_by_step(entropy[true_ids], ent_valid[true_ids])
+    step_rows = []
+    for source, mean, n in (("predicted", pred_mean, pred_n), ("ground_truth", true_mean, true_n)):
+        step_rows += [
+            {"method": run.label, "source": source, "step": t + 1, "mean_entropy": float(m), "count": int(c)}
+            for t, (m, c) in enumerate(zip(mean, n, strict=True))
+            if c > 0
+        ]
+    for t in range(len(pred_mean)):
+        if pred_n[t] > 0 and true_n[t] > 0:
+            step_rows.append(
+                {
+                    "method": run.label,
+                    "source": "difference",
+                    "step": t + 1,
+                    "mean_entropy": float(pred_mean[t] - true_mean[t]),
+                    "count": int(min(pred_n[t], true_n[t])),
+                }
+            )
+    return zero_rows, step_rows
+
+
+def run_ig_stats(
+    paths: Sequence[str | Path],
+    output: str | Path | None = None,
+    k: int | None = None,
+    max_users: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``ig_zero_share.csv``, ``ig_entropy_steps.csv`` and ``ig_entropy_steps.png``."""
+    from recbole_llm.analysis.plots import plot_entropy_steps
+
+    zero_rows: list[dict] = []
+    step_rows: list[dict] = []
+    out = Path(output) if output else None
+    for run in load_runs(paths, overrides):
+        k_used = k or max(run.trained.config["topk"])
+        z, s = analyse_run(run, k_used, max_users, int(run.trained.config["seed"]))
+        zero_rows += z
+        step_rows += s
+        out = out or default_output(run.trained)
+        del run
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"zero_csv": out / "ig_zero_share.csv", "steps_csv": out / "ig_entropy_steps.csv"}
+    zero = pd.DataFrame(zero_rows)
+    zero.to_csv(files["zero_csv"], index=False)
+    steps = pd.DataFrame(step_rows)
+    steps.to_csv(files["steps_csv"], index=False)
+    files["png"] = plot_entropy_steps(steps, out / "ig_entropy_steps.png")
+    print(zero.to_string(index=False))
+    return files
+
+
+# ----------------------------------------------------------------------------- ig-loss command
+def find_ig_loss_csv(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``ig_loss.csv`` of a run given as the CSV, its run folder, or its results JSON."""
+    path = Path(path)
+    if path.suffix == ".csv" and path.is_file():
+        return path, {"run": path.parent.name}
+    info = read_run_info(path)
+    candidates = []
+    if path.is_dir():
+        candidates += [path / "ig_loss.csv", path.parent / "ig_loss.csv"]
+    if info.get("checkpoint"):
+        checkpoint = Path(info["checkpoint"])
+        candidates += [checkpoint / "ig_loss.csv", checkpoint.parent / "ig_loss.csv"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate, info
+    raise FileNotFoundError(
+        f"No ig_loss.csv for {path}: train with `--log_ig_loss=True` (LLMGenRec), which writes "
+        "<run folder>/ig_loss.csv every epoch, then pass that run folder or its results JSON."
+    )
+
+
+def run_ig_loss(paths: Sequence[str | Path], output: str | Path | None = None) -> dict[str, Path]:
+    """Collect runs' ``ig_loss.csv`` into ``ig_loss_by_run.csv`` and plot ``ig_loss.png``."""
+    from recbole_llm.analysis.compare import labels_for
+    from recbole_llm.analysis.plots import plot_ig_loss
+
+    found = [find_ig_loss_csv(p) for p in paths]
+    labels = labels_for([info for _, info in found])
+    frames = []
+    for (csv_path, _), label in zip(found, labels, strict=True):
+        frame = pd.read_csv(csv_path)
+        missing = {"epoch", "group", "mean_loss", "tokens"} - set(frame.columns)
+        if missing:
+            raise ValueError(
+                f"{csv_path} lacks columns {sorted(missing)}: it was not written by IGLossTracker."
+            )
+        frame.insert(0, "run", label)
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    if output is None:
+        info = found[0][1]
+        output = (
+            Path((info.get("config") or {}).get("results_dir") or "results")
+            / str(info["dataset"])
+            / "analysis"
+            if info.get("dataset")
+            else found[0][0].parent
+        )
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / "ig_loss_by_run.csv"}
+    frame.to_csv(files["csv"], index=False)
+    files["png"] = plot_ig_loss(frame, out / "ig_loss.png")
+    print(
+        frame.pivot_table(index=["run", "epoch"], columns="group", values="mean_loss", sort=False)
+        .round(4)
+        .to_string()
+    )
+    return files
+
+
+__all__ = [
+    "IGLossTracker",
+    "ReferenceTrie",
+    "entropy_by_step",
+    "loss_by_ig_group",
+    "median_positive_ig",
+    "path_entropies",
+    "run_ig_loss",
+    "run_ig_stats",
+    "zero_ig_statistics",
+]

@@ -1,0 +1,115 @@
+"""RecBole ``Config`` that knows the plugin's models and YAML files (the RecBole-GNN pattern).
+
+Resolution order (lowest to highest priority), as in RecBole:
+recbole's own defaults < ``properties/overall.yaml`` < ``properties/model/<Model>.yaml`` <
+``properties/dataset/<dataset>.yaml`` < ``--config_files`` < ``config_dict`` < ``--key=value``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from recbole.config import Config as RecBoleConfig
+
+from recbole_llm.utils.registry import get_model
+
+PROPERTIES_DIR = Path(
+    os.environ.get("RECBOLE_LLM_PROPERTIES", Path(__file__).resolve().parent.parent / "properties")
+)
+
+
+class _SafeFloatLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-4`` as a float (RecBole's FullLoader trick, without FullLoader)."""
+
+
+_SafeFloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """Turn a ``--key=value`` string into a Python value without ``eval`` (RecBole uses ``eval``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.strip().lower()
+        if lowered in {"true", "false"}:
+            return lowered == "true"
+        if lowered in {"none", "null", "~"}:
+            return None
+        stripped = text.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            stripped = stripped[1:-1]
+        elif "," not in stripped:
+            return text
+        return [parse_value(part.strip()) for part in stripped.split(",") if part.strip()]
+
+
+class Config(RecBoleConfig):
+    """RecBole config that finds ``LLMGenRec`` and the plugin's ``properties/`` files.
+
+    Also hardens RecBole: YAML is read with a safe loader and command-line values are parsed with
+    ``ast.literal_eval`` instead of ``eval``.
+    """
+
+    def _build_yaml_loader(self):
+        return _SafeFloatLoader
+
+    def _convert_config_dict(self, config_dict: dict) -> dict:
+        for key, value in config_dict.items():
+            if isinstance(value, str):
+                config_dict[key] = parse_value(value)
+        return config_dict
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise KeyError("No model given: pass --model=SASRec (or LLMGenRec, GRU4Rec, Caser, ...).")
+        if isinstance(model, str):
+            model_name, model_class = model, get_model(model)
+        else:
+            model_name, model_class = model.__name__, model
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+            if dataset is None:
+                raise KeyError(
+                    "No dataset given: pass --dataset=ml-100k (see `python -m recbole_llm.data list`)."
+                )
+        return model_name, model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        for file in (
+            PROPERTIES_DIR / "overall.yaml",
+            PROPERTIES_DIR / "model" / f"{model}.yaml",
+            PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
+        ):
+            if file.is_file():
+                loaded = self._update_internal_config_dict(str(file))
+                if file.parent.name == "dataset" and loaded:
+                    self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        # RecBole hard-wires ``ml-100k`` to its bundled raw copy; we always read the prepared split.
+        data_root = self.external_config_dict.get("data_path", self.internal_config_dict.get("data_path"))
+        self.final_config_dict["data_root"] = data_root
+        self.final_config_dict["data_path"] = os.path.join(data_root, self.dataset)
+        # RecBole derives valid_metric_bigger from the metric's name and knows no "loss" metric.
+        if str(self.final_config_dict.get("valid_metric", "")).lower() == "loss":
+            self.final_config_dict["valid_metric_bigger"] = False

@@ -1,0 +1,111 @@
+"""RecBole dataset that reads the prepared shared split, so every model sees the same samples.
+
+RecBole's benchmark mode (``benchmark_filename: [train, valid, test]``) loads pre-split
+``<name>.<split>.inter`` files of ``user_id, item_id_list, item_id, timestamp`` rows without
+re-splitting or augmenting them. This class adds what benchmark mode lacks:
+
+* histories cut to the ``MAX_ITEM_LIST_LENGTH`` most *recent* items (RecBole would keep the oldest) and
+  padded to exactly that width (Caser's convolution needs a fixed width);
+* deterministic sub-sampling of each split (``train_sample_num``, ``eval_sample_num``) that is applied
+  identically for every model, so an LLM evaluated on 200 test samples is compared with SASRec on
+  the same 200 samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from recbole.data.dataset import SequentialDataset
+
+from recbole_llm.data.prepare import ensure_prepared
+
+SPLITS = ("train", "valid", "test")
+
+
+def sample_rows(n_rows: int, n_keep: int | None, seed: int) -> np.ndarray:
+    """Indices of ``n_keep`` rows out of ``n_rows`` drawn without replacement, kept in file order.
+
+    Keeping file (chronological) order means a sub-sample is still a valid chronological split.
+    ``None`` or a value ``>= n_rows`` keeps every row.
+    """
+    if n_keep is None or n_keep >= n_rows:
+        return np.arange(n_rows)
+    if n_keep <= 0:
+        raise ValueError(
+            f"A sample size must be positive or null, got {n_keep}: use null to keep every sample."
+        )
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_rows, size=n_keep, replace=False))
+
+
+class SharedSplitDataset(SequentialDataset):
+    """The prepared (user, history, target) samples, identical for LLMGenRec and RecBole's sequential models."""
+
+    def __init__(self, config):
+        if config["benchmark_filename"] is None:
+            raise ValueError(
+                "recbole-llm reads the prepared split: keep `benchmark_filename: [train, valid, test]` "
+                "(set in properties/overall.yaml) instead of letting RecBole re-split the data."
+            )
+        ensure_prepared(config["dataset"], config["data_root"])
+        super().__init__(config)
+
+    def _load_data(self, token, dataset_path):
+        super()._load_data(token, dataset_path)
+        list_field = self.iid_field + self.config["LIST_SUFFIX"]
+        if list_field not in self.inter_feat:
+            raise ValueError(
+                f"{dataset_path} has no `{list_field}` column: it is not a prepared split. "
+                f"Run `python -m recbole_llm.data prepare {self.dataset_name}`."
+            )
+        width = self.max_item_list_len
+        histories = self.inter_feat[list_field]
+        if (histories.map(len) == 0).any():
+            raise ValueError(
+                f"{self.dataset_name} has samples with an empty history: prepare it with --min-history 1 or more."
+            )
+        self.inter_feat[list_field] = histories.map(lambda h: h[-width:])
+        self.field2seqlen[list_field] = width
+
+    def _change_feat_format(self):
+        super()._change_feat_format()
+        list_field = self.iid_field + self.config["LIST_SUFFIX"]
+        seq = self.inter_feat[list_field]
+        if seq.shape[1] < self.max_item_list_len:
+            self.inter_feat.interaction[list_field] = F.pad(seq, (0, self.max_item_list_len - seq.shape[1]))
+
+    def build(self):
+        datasets = super().build()
+        sizes = {
+            "train": self.config["train_sample_num"],
+            "valid": self.config["eval_sample_num"],
+            "test": self.config["eval_sample_num"],
+        }
+        seed = int(self.config["seed"])
+        built = []
+        for offset, (split, ds) in enumerate(zip(SPLITS, datasets, strict=True)):
+            if len(ds) == 0:
+                raise ValueError(
+                    f"The {split} split of {self.dataset_name} is empty: the dataset is too small for an 8:1:1 "
+                    "split. Prepare more data or lower --kcore."
+                )
+            keep = sample_rows(len(ds), sizes[split], seed + offset)
+            built.append(ds if len(keep) == len(ds) else ds.copy(ds.inter_feat[torch.from_numpy(keep)]))
+        return built
+
+    def item_titles(self, field: str = "title") -> list[str]:
+        """Titles indexed by RecBole's internal item id (index 0 is the padding item)."""
+        if self.item_feat is None or field not in self.item_feat:
+            raise ValueError(
+                f"Dataset {self.dataset_name} has no item field `{field}`: LLM models need item titles. "
+                f"Re-prepare it with `python -m recbole_llm.data prepare {self.dataset_name}` (it writes "
+                f"{self.dataset_name}.item with a `title:token` column) or set `title_field` to your column."
+            )
+        ids = self.item_feat[field].tolist()
+        tokens = self.field2id_token[field]
+        return [str(tokens[i]) for i in ids]
+
+    def target_counts(self) -> torch.Tensor:
+        """How often each item is a training target (length ``item_num``); the popularity used by IGD."""
+        return torch.bincount(self.inter_feat[self.iid_field], minlength=self.item_num)

@@ -1,0 +1,420 @@
+"""LLMGenRec: a causal LM fine-tuned to write the next item's title, ranked by constrained decoding.
+
+One model serves every method of the papers: the objective (sft, pos, cft, cetrec, igd) only changes
+how token losses are weighted and combined, the decoder (d3, constrained, bigrec) only changes how
+beams are scored. There is exactly one forward pass here; it computes the LM head only at the target
+positions (the prompt's logits are never needed), which saves most of the head's cost.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_llm.model.backbone import load_backbone
+from recbole_llm.model.decoding import constrained_beam_search, leaves_to_items
+from recbole_llm.model.grounding import bigrec_rank, embed_token_sequences
+from recbole_llm.model.objectives import NORMAL, build_objective, gather_token_weights, item_token_weights
+from recbole_llm.model.prompt import PromptBuilder
+from recbole_llm.model.temporal import build_temporal_module, counterfactual_index, resolve_cf_index_mode
+from recbole_llm.model.trie import TitleTrie
+from recbole_llm.utils.checkpoint import load_trainable, save_trainable
+
+CHECKPOINT_FILE = "trainable.safetensors"
+
+DECODERS = {"d3": 0.0, "constrained": 1.0, "bigrec": None}
+
+
+class LLMGenRec(SequentialRecommender):
+    """Generative LLM recommender (BIGRec / D3 paradigm) with pluggable objectives and decoders."""
+
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.config = config
+        self.decoder = str(config["decoder"] or "d3")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"Unknown decoder {self.decoder!r}: choose one of {', '.join(DECODERS)}.")
+        self.num_beams = int(config["num_beams"] or 10)
+        topk = max(config["topk"]) if config["topk"] else 10
+        if self.decoder != "bigrec" and self.num_beams < topk:
+            raise ValueError(
+                f"num_beams={self.num_beams} is smaller than the largest K in topk ({topk}): the decoder returns "
+                f"one item per beam, so set num_beams >= {topk}."
+            )
+        self.objective = build_objective(config)
+        self.cf_index_mode = resolve_cf_index_mode(config)
+        self.llm, self.tokenizer = load_backbone(config)
+        titles = dataset.item_titles(config["title_field"] or "title")
+        self.prompts = PromptBuilder.from_config(config, self.tokenizer, titles, _category(config))
+
+        # Everything per item is computed once here, never per training step.
+        counts = dataset.target_counts().double()
+        self.register_buffer("popularity", counts.float(), persistent=False)
+        sequences = self.prompts.all_target_sequences()
+        all_items = list(range(1, len(sequences)))
+        # IG: item probability = frequency as a training target, over the titles of all items (IGD).
+        self.ig_trie = TitleTrie.build([sequences[i] for i in all_items], all_items, item_weight=counts[1:])
+        if config["trie_items"] in (None, "all"):
+            self.trie = self.ig_trie
+        elif config["trie_items"] == "train_targets":
+            keep = [i for i in all_items if counts[i] > 0]
+            self.trie = TitleTrie.build([sequences[i] for i in keep], keep, item_weight=counts[keep])
+        else:
+            raise ValueError(f"trie_items={config['trie_items']!r}: use 'all' or 'train_targets'.")
+        self._item_tables(sequences)
+        self.temporal = build_temporal_module(config, self.llm.config.hidden_size)
+        self._fill_order = torch.argsort(-counts[1:], stable=True) + 1  # popularity, ties by item id
+
+    # ----------------------------------------------------------------- per-item tables
+    def _item_tables(self, sequences: list[list[int]]) -> None:
+        """Per-item token weights of every loss term and their totals (the loss denominators)."""
+        items = torch.arange(1, len(sequences))
+        ig, _ = self.ig_trie.item_token_ig(items)
+        lengths = torch.tensor([0] + [len(sequences[i]) for i in items.tolist()])
+        token_ig = torch.zeros(len(sequences), ig.shape[1], dtype=torch.float32)
+        token_ig[1:] = ig.float()
+        self.item_lengths = lengths
+        self.item_token_ig = token_ig
+        self._weights = item_token_weights(self.objective, lengths, token_ig)
+        self._weight_totals = {name: table.sum(dim=1) for name, table in self._weights.items()}
+
+    @property
+    def loss_coefficients(self) -> dict[str, float]:
+        return self.objective.coefficients
+
+    def _active_terms(self) -> tuple[str, ...]:
+        # Validation loss is the normal term only, as in the references (no counterfactual pass).
+        return self.objective.term_names if self.training else (NORMAL,)
+
+    def loss_denominators(self, interaction) -> dict[str, torch.Tensor]:
+        """Total token weight of each active loss term over the samples (known before any forward pass)."""
+        targets = interaction[self.POS_ITEM_ID].cpu()
+        return {name: self._weight_totals[name][targets].sum() for name in self._active_terms()}
+
+    def sample_lengths(self, dataset) -> np.ndarray:
+        """Token length of every sample's training prompt (for length-grouped batching)."""
+        inter = dataset.inter_feat
+        return self.prompts.lengths(self._histories(inter), inter[self.POS_ITEM_ID].tolist())
+
+    # ----------------------------------------------------------------- forward
+    def _histories(self, interaction) -> list[list[int]]:
+        seq = interaction[self.ITEM_SEQ].cpu()
+        lens = interaction[self.ITEM_SEQ_LEN].cpu().tolist()
+        return [row[:n].tolist() for row, n in zip(seq, lens, strict=True)]
+
+    def _embed(self, input_ids: torch.Tensor, item_index: torch.Tensor | None) -> torch.Tensor:
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if self.temporal is not None and item_index is not None:
+            embeds = self.temporal(embeds, item_index.to(embeds.device))
+        return embeds
+
+    def _target_logits(self, batch, item_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[T, V]`` at the positions that predict the target tokens, in (sample, position) order.
+
+        Only these rows go through the LM head: the prompt's logits are never needed.
+        """
+        device = self.llm.device
+        embeds = self._embed(
+            batch.input_ids.to(device), batch.item_index if item_index is None else item_index
+        )
+        body = self.llm.get_decoder()
+        hidden = body(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(device)).last_hidden_state
+        rows, cols = batch.predict_positions
+        return self.llm.get_output_embeddings()(hidden[rows.to(device), cols.to(device)])
+
+    def forward(self, interaction) -> dict[str, torch.Tensor]:
+        """Numerators of every active loss term for a micro-batch (the trainer divides by batch totals)."""
+        histories = self._histories(interaction)
+        targets = interaction[self.POS_ITEM_ID].tolist()
+        batch = self.prompts.build(histories, targets)
+        logits = self._target_logits(batch)
+        device = logits.device
+        token_items = torch.tensor(targets)[batch.target_rows]
+        weights = gather_token_weights(self._weights, token_items, batch.target_t)
+        logits_cf = None
+        if self.training and self.objective.needs_counterfactual:
+            if self.objective.counterfactual_kind == "drop_history":
+                # No history: a much shorter prompt, padded to its own length only.
+                logits_cf = self._target_logits(self.prompts.build(histories, targets, counterfactual=True))
+            else:  # same_time_index (CETRec): the same tokens, every item at one temporal index
+                cf_index = counterfactual_index(batch.item_index, batch.history_len, self.cf_index_mode)
+                logits_cf = self._target_logits(batch, item_index=cf_index)
+        terms = self.objective.combine(
+            logits,
+            batch.target_labels.to(device),
+            batch.target_t.to(device),
+            batch.target_size.to(device),
+            logits_cf=logits_cf,
+            weights={k: w.to(device) for k, w in weights.items()},
+            training=self.training,
+        )
+        return {name: term.numerator for name, term in terms.items()}
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        """RecBole API: the objective's loss on one batch, normalised over that batch."""
+        terms = self.forward(interaction)
+        dens = self.loss_denominators(interaction)
+        return sum(
+            self.loss_coefficients[k] * v / dens[k].clamp_min(1e-12).to(v.device) for k, v in terms.items()
+        )
+
+    # ----------------------------------------------------------------- inference
+    @torch.no_grad()
+    def recommend(self, interaction, k: int) -> torch.Tensor:
+        """Ranked item ids ``[B, k]`` for each sample's history (``-1`` pads short lists unless filled)."""
+        return self.recommend_histories(self._histories(interaction), k).to(interaction[self.ITEM_SEQ].device)
+
+    @torch.no_grad()
+    def recommend_histories(
+        self, histories: list[list[int]], k: int, without_history: bool = False
+    ) -> torch.Tensor:
+        """Ranked item ids ``[U, k]`` for histories of internal item ids (oldest first).
+
+        ``without_history`` decodes from the counterfactual prompt without the history (CFT's analysis).
+        """
+        cf = True if without_history else None
+        prompts = self.prompts.prompt_ids_batch(histories, counterfactual=cf)
+        if self.decoder == "bigrec":
+            ranked = self._bigrec_rank(prompts, k)
+        else:
+            item_index = None
+            if self.temporal is not None:
+                item_index = [self.prompts.prompt_item_index(h, counterfactual=cf) for h in histories]
+            gs = float(self.config["ensemble_weight"] if self.config["ensemble_weight"] is not None else 1.0)
+            leaves, _ = constrained_beam_search(
+                self.llm,
+                prompts,
+                self.trie,
+                num_beams=self.num_beams,
+                length_penalty=self._length_penalty(),
+                ig_alpha=self._ig_alpha(),
+                pad_token_id=self.prompts.pad_token_id,
+                batch_size=int(self.config["decode_batch_size"] or 8),
+                ensemble=self._ensemble_probs(histories) if gs < 1.0 else None,
+                ensemble_weight=gs,
+                prompt_item_index=item_index,
+                embed_fn=self._embed if self.temporal is not None else None,
+            )
+            ranked = leaves_to_items(self.trie, leaves, k)
+        if self.config["fill"] == "popularity":
+            ranked = fill_by_popularity(ranked, self._fill_order)
+        elif self.config["fill"] not in (None, "none"):
+            raise ValueError(f"fill={self.config['fill']!r}: use 'none' or 'popularity'.")
+        return ranked
+
+    def _length_penalty(self) -> float:
+        if self.config["length_penalty"] is not None:
+            return float(self.config["length_penalty"])
+        return DECODERS[self.decoder] or 0.0
+
+    def _ig_alpha(self) -> float:
+        alpha = self.config["ig_alpha"]
+        if alpha is None:
+            return 0.2 if self.objective.name == "igd" else 0.0
+        alpha = float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(
+                f"ig_alpha={alpha} is outside [0, 1]: the decoding weight 1 - α·IG~ must stay >= 0."
+            )
+        return alpha
+
+    def _ensemble_probs(self, histories: list[list[int]]) -> torch.Tensor:
+        """D3 ensemble: the traditional model's next-item probabilities ``[U, n_items]`` for each history."""
+        if self._ensemble_model is None:
+            self._ensemble_model = load_ensemble_model(self.config, self.n_items)
+        model = self._ensemble_model
+        width = self.max_seq_length
+        seq = torch.zeros((len(histories), width), dtype=torch.long)
+        for row, h in enumerate(histories):
+            h = h[-width:]
+            seq[row, : len(h)] = torch.tensor(h)
+        lengths = torch.tensor([max(1, min(len(h), width)) for h in histories])
+        from recbole.data.interaction import Interaction
+
+        inter = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
+        scores = model.full_sort_predict(inter).view(len(histories), -1).float()
+        scores[:, 0] = -float("inf")
+        return torch.softmax(scores, dim=-1)
+
+    _ensemble_model = None
+
+    def _bigrec_rank(self, prompts: list[list[int]], k: int) -> torch.Tensor:
+        """BIGRec: free beam search, then L2 grounding of each generation to every item title."""
+        n_gen = int(self.config["bigrec_generations"] or self.num_beams)
+        rule = str(self.config["bigrec_rank"] or "bigrec")
+        if rule == "cft":
+            n_gen = 5
+        generations = free_beam_generate(
+            self.llm,
+            prompts,
+            n_gen,
+            self.trie.max_depth,
+            self.prompts.pad_token_id,
+            self.prompts.eos_token_id,
+        )
+        gen_emb = embed_token_sequences(
+            self.llm, [g for row in generations for g in row], pad_token_id=self.prompts.pad_token_id
+        ).view(len(prompts), n_gen, -1)
+        ranked = (
+            bigrec_rank(gen_emb, self._title_embeddings(), k, rule=rule) + 1
+        )  # row 0 of the table = item 1
+        return ranked.cpu()
+
+    def _title_embeddings(self) -> torch.Tensor:
+        """Last-layer, last-token hidden state of every item title (cached until the weights change)."""
+        if self._title_emb is None:
+            sequences = self.prompts.all_target_sequences()[1:]
+            self._title_emb = embed_token_sequences(
+                self.llm, sequences, pad_token_id=self.prompts.pad_token_id
+            )
+        return self._title_emb
+
+    _title_emb = None
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._title_emb = None  # weights are about to change
+        return super().train(mode)
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        """RecBole API: scores ``[B, n_items]`` whose order is the ranked list (reads only the history)."""
+        k = self.num_beams
+        ranked = self.recommend(interaction, k)
+        scores = torch.full((ranked.shape[0], self.n_items), float("-inf"), device=ranked.device)
+        values = torch.arange(k, 0, -1, device=ranked.device, dtype=torch.float).expand_as(ranked)
+        valid = ranked >= 0
+        scores[torch.nonzero(valid, as_tuple=True)[0], ranked[valid]] = values[valid]
+        return scores
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, folder: str | Path) -> Path:
+        """Trainable weights (full weights or LoRA adapters, plus any trainable extras) as safetensors."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return save_trainable(self, folder / CHECKPOINT_FILE, config=_identity_config(self.config))
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        """Load weights written by :meth:`save_checkpoint`; a clear error if missing, corrupt or mismatched."""
+        path = Path(folder)
+        if path.is_dir():
+            path = path / CHECKPOINT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No checkpoint at {path}: pass a run's `best` or `last` folder under saved/ (or its results JSON)."
+            )
+        load_trainable(self, path, config=_identity_config(self.config))
+        self._title_emb = None
+
+
+def fill_by_popularity(ranked: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Replace ``-1`` slots by the most popular training targets not already in the list (deterministic)."""
+    out = ranked.clone()
+    for row in range(out.shape[0]):
+        missing = int((out[row] < 0).sum())
+        if not missing:
+            continue
+        present = set(out[row][out[row] >= 0].tolist())
+        extra = [i for i in order[: missing + len(present)].tolist() if i not in present][:missing]
+        out[row, out.shape[1] - missing :] = torch.tensor(extra, dtype=out.dtype)
+    return out
+
+
+def _identity_config(config) -> dict[str, Any]:
+    """The config keys that decide the checkpoint's tensor layout (named in mismatch errors)."""
+    keys = ("model", "llm_path", "tuning", "lora_r", "lora_alpha", "lora_target_modules")
+    return {k: config[k] for k in keys}
+
+
+def free_beam_generate(
+    model, prompts, n_gen: int, max_new: int, pad_id: int, eos_id: int
+) -> list[list[list[int]]]:
+    """BIGRec's free generation: ``n_gen`` beams per prompt, returned as token lists up to EOS (incl.)."""
+    out = []
+    device = next(model.parameters()).device
+    for prompt in prompts:
+        ids = torch.tensor([prompt], device=device)
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            num_beams=n_gen,
+            num_return_sequences=n_gen,
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )[:, ids.shape[1] :]
+        rows = []
+        for seq in gen.tolist():
+            end = seq.index(eos_id) + 1 if eos_id in seq else len(seq)
+            rows.append(seq[:end] or [eos_id])
+        out.append(rows)
+    return out
+
+
+def load_ensemble_model(config, n_items: int):
+    """The D3 ensemble's traditional model from a checkpoint of the same split (``ensemble_checkpoint``)."""
+    path = config["ensemble_checkpoint"]
+    if not path:
+        raise ValueError(
+            "ensemble_weight < 1 needs ensemble_checkpoint: the .pth of a SASRec run on the same dataset "
+            "(python run_recbole_llm.py --model=SASRec --dataset=...; see results/<dataset>/SASRec-*.json)."
+        )
+    from recbole_llm.trainer import safe_torch_load
+
+    state = safe_torch_load(path, map_location="cpu")
+    model_name = state.get("model", "SASRec")
+    from recbole_llm.config import Config
+    from recbole_llm.utils.registry import get_model
+
+    sub = Config(model=model_name, dataset=config["dataset"], config_dict={"data_path": config["data_root"]})
+    dataset = _ItemCountStub(sub, n_items)
+    model = get_model(model_name)(sub, dataset)
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"ensemble_checkpoint {path} does not match this dataset's items ({n_items} ids): train the "
+            f"traditional model on the same prepared split."
+        ) from err
+    return model.eval()
+
+
+class _ItemCountStub:
+    """Just enough of a RecBole dataset to construct a sequential model (no data loading)."""
+
+    def __init__(self, config, n_items: int):
+        self.config = config
+        self.item_num = n_items
+        self.user_num = 1
+        self.uid_field = config["USER_ID_FIELD"]
+        self.iid_field = config["ITEM_ID_FIELD"]
+
+    def num(self, field: str) -> int:
+        return self.item_num if field == self.iid_field else self.user_num
+
+    def get_user_feature(self):
+        return None
+
+    def get_item_feature(self):
+        return None
+
+
+def _category(config) -> dict[str, str]:
+    """Category words for the prompt: config ``category`` or the prepared dataset's metadata."""
+    if config["category"]:
+        cat = config["category"]
+        return cat if isinstance(cat, dict) else {"singular": str(cat), "plural": f"{cat}s"}
+    meta = Path(config["data_path"]) / f"{config['dataset']}.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        if "category" in info:
+            return info["category"]
+    return {"singular": "item", "plural": "items"}

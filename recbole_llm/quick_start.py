@@ -1,0 +1,156 @@
+"""One entry point for every model: prepare data, train, evaluate with RecBole's metrics, save results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from logging import getLogger
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from recbole.data import data_preparation
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_llm.config import Config
+from recbole_llm.data.dataset import SharedSplitDataset
+from recbole_llm.utils.registry import get_model, get_trainer
+from recbole_llm.utils.results import save_results, split_fingerprint
+
+
+def create_dataset(config: Config) -> SharedSplitDataset:
+    """Every sequential model reads the same prepared split (see :class:`SharedSplitDataset`)."""
+    return SharedSplitDataset(config)
+
+
+def load_run(config: Config, quiet: bool = False):
+    """Build dataset, dataloaders, model and trainer for ``config`` (shared by training, tuning and reload)."""
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset)
+    if config["model"] not in ("LLMGenRec",):
+        model = model.to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if not quiet:
+        getLogger().info(dataset)
+    return dataset, (train_data, valid_data, test_data), model, trainer
+
+
+def run_recbole_llm(
+    model: str | None = None,
+    dataset: str | None = None,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    saved: bool = True,
+) -> dict[str, Any]:
+    """Train and test one model on one dataset; return RecBole's result dict plus the results file path."""
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    start = time.time()
+    _, (train_data, valid_data, test_data), model_obj, trainer = load_run(config)
+    logger.info(model_obj)
+    if config["resume"]:
+        trainer.resume_checkpoint(config["resume"])
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    train_seconds = time.time() - start
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+
+    result = {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "train_seconds": round(train_seconds, 2),
+        "total_seconds": round(time.time() - start, 2),
+        "n_test_samples": len(test_data.dataset),
+        "test_fingerprint": split_fingerprint(test_data.dataset),
+        "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
+    }
+    result["results_file"] = str(save_results(config, result))
+    logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
+    return result
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True) -> dict[str, Any]:
+    """RecBole ``HyperTuning`` objective: one quiet run, results saved like any other run."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    _, (train_data, valid_data, test_data), _, trainer = load_run(config, quiet=True)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    result = {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+    result["results_file"] = str(save_results(config, result))
+    return result
+
+
+class Trained(NamedTuple):
+    """A finished run, reloaded: config, model with its best weights, and the shared-split dataloaders."""
+
+    config: Config
+    model: Any
+    train_data: Any
+    valid_data: Any
+    test_data: Any
+
+
+def _find_run(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """Read a results JSON (or a run folder's ``run.json``) and return it with the checkpoint path."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "run.json", path.parent / "run.json"):
+            if candidate.is_file():
+                info = json.loads(candidate.read_text())
+                return info, candidate.parent / "best"
+        raise FileNotFoundError(
+            f"{path} holds no run.json: pass a results JSON or a run folder under saved/."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: pass a results JSON (results/<dataset>/...) or a run folder."
+        )
+    info = json.loads(path.read_text())
+    if not info.get("checkpoint"):
+        raise ValueError(f"{path} records no checkpoint (the run used saved=False): retrain with saving on.")
+    return info, Path(info["checkpoint"])
+
+
+def load_trained(path: str | Path, config_dict: dict[str, Any] | None = None) -> Trained:
+    """Reload a finished run from its results JSON or run folder, without retraining."""
+    info, checkpoint = _find_run(path)
+    overrides = dict(info.get("overrides") or {})
+    overrides.update(config_dict or {})
+    overrides.pop("resume", None)
+    config = Config(model=info["model"], dataset=info["dataset"], config_dict=overrides)
+    init_logger(config)
+    _, (train_data, valid_data, test_data), model, trainer = load_run(config, quiet=True)
+    if hasattr(model, "load_checkpoint"):
+        model.load_checkpoint(checkpoint)
+    else:
+        from recbole_llm.trainer import safe_torch_load
+
+        model.load_state_dict(safe_torch_load(checkpoint, map_location=config["device"])["state_dict"])
+    model.eval()
+    return Trained(config, model, train_data, valid_data, test_data)

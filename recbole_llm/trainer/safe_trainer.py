@@ -1,0 +1,75 @@
+"""RecBole's trainer with checkpoints that load under ``torch.load(weights_only=True)``.
+
+RecBole 1.2.1 pickles the whole ``Config`` into each checkpoint; with torch >= 2.6 every reload
+(best-model evaluation, resume) then fails, and unpickling a user-supplied file is unsafe anyway.
+Checkpoints here hold only tensors and plain numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import set_color
+
+
+def safe_torch_load(path: str | os.PathLike, map_location=None) -> dict:
+    """Load a torch checkpoint without unpickling arbitrary objects, with an error that says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist: check the path or train the model first.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(
+            f"Checkpoint {path} cannot be read safely ({type(err).__name__}: {err}). It is corrupt or was written by "
+            "RecBole's own trainer (which pickles the config): retrain, or delete it and resume from an older one."
+        ) from err
+
+
+class SafeTrainer(Trainer):
+    """RecBole ``Trainer`` whose checkpoints are plain state dicts, written atomically."""
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "model": self.config["model"],
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        tmp = f"{saved_model_file}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def resume_checkpoint(self, resume_file):
+        checkpoint = safe_torch_load(resume_file, map_location=self.device)
+        if checkpoint.get("model", "").lower() != self.config["model"].lower():
+            raise ValueError(
+                f"Checkpoint {resume_file} was trained with model {checkpoint.get('model')!r}, not "
+                f"{self.config['model']!r}: pass the matching --model or another checkpoint."
+            )
+        self.saved_model_file = str(resume_file)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = safe_torch_load(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)

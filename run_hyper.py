@@ -1,0 +1,299 @@
+"""Hyper-parameter tuning of any model with RecBole's own ``HyperTuning`` (hyperopt).
+
+    python run_hyper.py --model=LLMGenRec --dataset=ml-100k --params_file=properties/hyper/cft.hyper \\
+        --objective=cft --algo=exhaustive
+    python run_hyper.py --model=SASRec --dataset=ml-100k --params_file=properties/hyper/SASRec.hyper --epochs=5
+
+Params file, one parameter a line (RecBole's format; ``#`` starts a comment):
+
+    lambda choice [0.01, 0.05, 0.1]
+    learning_rate loguniform -9.2, -4.6      # bounds are natural logs, as in hyperopt: e^-9.2 .. e^-4.6
+    dropout_prob uniform 0.1 0.5
+    hidden_size quniform 32 128 32
+
+``exhaustive`` tries every combination of ``choice`` parameters (the papers' grids); ``random`` and
+``bayes`` (TPE) draw ``--max_evals`` trials and also accept continuous ranges. Each trial is one full
+run (train, early stopping on the validation score, test) whose results JSON is saved as usual. The
+best trial is the one with the best validation score in the direction RecBole uses: larger for a metric
+such as NDCG@10, smaller when ``valid_metric: loss`` (LLMGenRec's default, ``valid_metric_bigger: False``).
+Every other ``--key=value`` is a fixed override for all trials. Writes ``<output>/hyper_trials.csv``,
+``hyper_trials.md`` and RecBole's ``hyper_result.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
+
+
+def parse_params_file(path: str | Path) -> dict[str, tuple[str, Any]]:
+    """``{name: (type, values)}`` from a RecBole params file, without ``eval`` (RecBole uses ``eval``).
+
+    Ranges may be written ``a,b`` (RecBole) or ``a b``; choices are Python literals.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Params file {path} does not exist: see properties/hyper/*.hyper for examples."
+        )
+    params: dict[str, tuple[str, Any]] = {}
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split(None, 2)
+        where = f"{path}:{lineno}"
+        if len(parts) < 3:
+            raise ValueError(
+                f"{where}: expected `name type values` (e.g. `lambda choice [0.01, 0.1]`), got {raw!r}."
+            )
+        name, kind, text = parts
+        if kind not in PARAM_TYPES:
+            raise ValueError(f"{where}: unknown type {kind!r}; use one of {', '.join(PARAM_TYPES)}.")
+        if name in params:
+            raise ValueError(f"{where}: {name} is defined twice.")
+        if kind == "choice":
+            try:
+                values = ast.literal_eval(text)
+            except (ValueError, SyntaxError) as err:
+                raise ValueError(
+                    f"{where}: choices must be a Python list literal such as [0.1, 0.2] ({err})."
+                ) from None
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{where}: choices must be a non-empty list, got {text!r}.")
+            params[name] = (kind, values)
+            continue
+        try:
+            numbers = [float(v) for v in text.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"{where}: {kind} needs numbers, got {text!r}.") from None
+        expected = 3 if kind == "quniform" else 2
+        if len(numbers) != expected:
+            raise ValueError(
+                f"{where}: {kind} needs {expected} numbers (low high{' q' if expected == 3 else ''})."
+            )
+        if numbers[0] >= numbers[1]:
+            raise ValueError(f"{where}: low ({numbers[0]}) must be below high ({numbers[1]}).")
+        params[name] = (kind, numbers)
+    if not params:
+        raise ValueError(f"{path} defines no parameter: add lines such as `lambda choice [0.01, 0.1]`.")
+    return params
+
+
+def build_space(params: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """hyperopt search space, exactly as RecBole's ``HyperTuning._build_space_from_file`` builds it."""
+    from hyperopt import hp
+
+    space = {}
+    for name, (kind, values) in params.items():
+        if kind == "choice":
+            space[name] = hp.choice(name, values)
+        elif kind == "uniform":
+            space[name] = hp.uniform(name, values[0], values[1])
+        elif kind == "quniform":
+            space[name] = hp.quniform(name, values[0], values[1], values[2])
+        else:
+            space[name] = hp.loguniform(name, values[0], values[1])
+    return space
+
+
+def _plain(value: Any, whole: bool = False) -> Any:
+    """hyperopt hands numpy scalars; configs and JSON want Python numbers (``whole``: quniform's 64.0 -> 64)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if whole and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+class TrialRecorder:
+    """RecBole objective wrapper: adds the fixed settings and records every trial for the table."""
+
+    def __init__(self, objective, fixed: dict[str, Any], params: dict[str, tuple[str, Any]]):
+        self.objective = objective
+        self.fixed = fixed
+        self.param_names = list(params)
+        self._whole = {name for name, (kind, _) in params.items() if kind == "quniform"}
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, config_dict=None, config_file_list=None, saved=True):
+        params = {k: _plain(v, k in self._whole) for k, v in (config_dict or {}).items()}
+        start = time.time()
+        result = self.objective({**self.fixed, **params}, config_file_list, saved)
+        record = {"trial": len(self.records) + 1, **{k: params.get(k) for k in self.param_names}}
+        record.update(
+            {
+                "best_valid_score": _plain(result["best_valid_score"]),
+                "valid_score_bigger": bool(result["valid_score_bigger"]),
+            }
+        )
+        for key, value in (result.get("best_valid_result") or {}).items():
+            record[f"valid_{key}"] = _plain(value)
+        for key, value in (result.get("test_result") or {}).items():
+            record[f"test_{key}"] = _plain(value)
+        record["seconds"] = round(time.time() - start, 1)
+        record["results_file"] = result.get("results_file")
+        self.records.append(record)
+        return result
+
+
+def best_trial(records: list[dict[str, Any]]) -> int | None:
+    """Index of the best trial by validation score, in RecBole's direction (first one wins ties)."""
+    best = None
+    for i, record in enumerate(records):
+        score = record["best_valid_score"]
+        if score is None or (isinstance(score, float) and math.isnan(score)):
+            continue
+        if best is None:
+            best = i
+            continue
+        current = records[best]["best_valid_score"]
+        better = score > current if record["valid_score_bigger"] else score < current
+        if better:
+            best = i
+    return best
+
+
+def write_trials(records: list[dict[str, Any]], output: Path, valid_metric: str) -> dict[str, Path]:
+    """``hyper_trials.csv`` and ``hyper_trials.md`` (best trial marked)."""
+    output.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(records)
+    best = best_trial(records)
+    frame.insert(1, "best", ["*" if i == best else "" for i in range(len(frame))])
+    frame = frame.rename(columns={"best_valid_score": f"valid_score ({valid_metric})"})
+    files = {"csv": output / "hyper_trials.csv", "md": output / "hyper_trials.md"}
+    frame.to_csv(files["csv"], index=False)
+    direction = "lower" if records and not records[0]["valid_score_bigger"] else "higher"
+    shown = frame.drop(columns=["valid_score_bigger"]).copy()
+    if "results_file" in shown:
+        shown["results_file"] = shown["results_file"].map(lambda p: Path(p).name if isinstance(p, str) else p)
+    header = f"Selection: best validation {valid_metric} ({direction} is better), marked *.\n\n"
+    files["md"].write_text(header + _markdown(shown) + "\n")
+    return files
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", "-m", required=True, help="LLMGenRec, SASRec, GRU4Rec, Caser, ...")
+    parser.add_argument("--dataset", "-d", required=True, help="a prepared dataset name")
+    parser.add_argument("--params_file", required=True, help="RecBole params file (properties/hyper/*.hyper)")
+    parser.add_argument(
+        "--config_files", default=None, help="space-separated YAML files fixed for every trial"
+    )
+    parser.add_argument("--algo", choices=("exhaustive", "random", "bayes"), default="exhaustive")
+    parser.add_argument(
+        "--max_evals", type=int, default=20, help="trials for random/bayes (exhaustive: the grid)"
+    )
+    parser.add_argument(
+        "--early_stop", type=int, default=None, help="stop after N trials without improvement"
+    )
+    parser.add_argument(
+        "--output", default=None, help="folder for the trial table (default results/<dataset>/hyper/...)"
+    )
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = parser.parse_known_args(argv)
+    # RecBole's Config reads every --key=value of sys.argv: leave it only the fixed overrides.
+    sys.argv = [sys.argv[0], *rest]
+
+    from recbole.trainer.hyper_tuning import HyperTuning
+
+    from recbole_llm.config import Config
+    from recbole_llm.quick_start import objective_function
+
+    params = parse_params_file(args.params_file)
+    overrides = {a[2:].split("=", 1)[0] for a in rest if a.startswith("--") and "=" in a}
+    clash = sorted(overrides & set(params))
+    if clash:
+        raise ValueError(
+            f"{', '.join(clash)} is both searched ({args.params_file}) and fixed on the command line; "
+            "command-line values override every trial, so remove one of them."
+        )
+    if args.algo == "exhaustive":
+        continuous = [n for n, (kind, _) in params.items() if kind != "choice"]
+        if continuous:
+            raise ValueError(
+                f"--algo=exhaustive enumerates `choice` grids only, but {', '.join(continuous)} are ranges: "
+                "use --algo=random or --algo=bayes, or turn them into choices."
+            )
+    config_files = args.config_files.split() if args.config_files else None
+    fixed: dict[str, Any] = {"model": args.model, "dataset": args.dataset}
+    probe = Config(model=args.model, dataset=args.dataset, config_file_list=config_files)
+    unknown = [n for n in params if n not in probe.final_config_dict]
+    if unknown:
+        print(
+            f"WARNING: {', '.join(unknown)} is not a known setting of {args.model}; check the spelling "
+            "(an unread key makes every trial identical).",
+            file=sys.stderr,
+        )
+    valid_metric = str(probe["valid_metric"])
+    if valid_metric.lower() == "loss" and probe["valid_metric_bigger"]:
+        raise ValueError(
+            "valid_metric is loss but valid_metric_bigger is True: set --valid_metric_bigger=False."
+        )
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    output = (
+        Path(args.output)
+        if args.output
+        else Path(probe["results_dir"] or "results") / args.dataset / "hyper" / f"{args.model}-{stamp}"
+    )
+
+    recorder = TrialRecorder(objective_function, fixed, params)
+    tuner = HyperTuning(
+        recorder,
+        space=build_space(params),
+        fixed_config_file_list=config_files,
+        algo=args.algo,
+        max_evals=args.max_evals,
+        early_stop=args.early_stop or 10**9,
+    )
+    try:
+        tuner.run()
+    finally:
+        if recorder.records:
+            files = write_trials(recorder.records, output, valid_metric)
+            tuner.export_result(output_file=str(output / "hyper_result.txt"))
+            for name, path in files.items():
+                print(f"wrote {name}: {path}")
+    best = best_trial(recorder.records)
+    if best is None:
+        raise RuntimeError("No trial finished with a validation score: check the logs under log/.")
+    record = recorder.records[best]
+    recbole_best = {k: _plain(v) for k, v in (tuner.best_params or {}).items()}
+    if recbole_best != {k: record[k] for k in params}:
+        print(f"note: RecBole's HyperTuning tracked {recbole_best} as best (it treats a 0.0 score as unset).")
+    print(f"best params: { {k: record[k] for k in params} }")
+    print(f"best valid {valid_metric}: {record['best_valid_score']}")
+    print(f"test result: { {k[5:]: v for k, v in record.items() if k.startswith('test_')} }")
+    return {
+        "best": record,
+        "records": recorder.records,
+        "output": output,
+        "recbole_best_params": recbole_best,
+    }
+
+
+if __name__ == "__main__":
+    main()

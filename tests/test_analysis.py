@@ -1,0 +1,454 @@
+"""Analyses: comparison table, popularity groups, reversed histories, IG statistics; numbers by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recbole_llm.analysis import Run, evaluate_ranked, rank_items
+from recbole_llm.analysis import compare as cmp
+from recbole_llm.analysis.ig_stats import (
+    IGLossTracker,
+    ReferenceTrie,
+    entropy_by_step,
+    item_path_entropies,
+    loss_by_ig_group,
+    median_positive_ig,
+    path_entropies,
+    run_ig_loss,
+    zero_ig_statistics,
+)
+from recbole_llm.analysis.popularity import group_shares, popularity_groups
+from recbole_llm.analysis.temporal import change_rate, list_change_rates, reverse_histories
+from tests.fixtures import TITLES, write_prepared
+
+# ----------------------------------------------------------------------------- compare
+
+
+def _result(tmp_path, name, run, created, test, fingerprint="fp1", **config):
+    model = "LLMGenRec" if run.startswith("LLMGenRec") else run
+    data = {
+        "run": run,
+        "model": model,
+        "dataset": "tiny",
+        "created": created,
+        "test_result": test,
+        "test_fingerprint": fingerprint,
+        "n_test_samples": 100,
+        "config": {"beta": None, "lambda": None, **config},
+        "overrides": dict(config),
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _metrics(h5, n5, h10, n10):
+    return {"hit@5": h5, "ndcg@5": n5, "hit@10": h10, "ndcg@10": n10}
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    _result(tmp_path, "a", "SASRec", "2026-01-01T00:00:00", _metrics(0.5, 0.5, 0.5, 0.5))  # older: dropped
+    _result(tmp_path, "b", "SASRec", "2026-01-02T00:00:00", _metrics(0.05, 0.02, 0.10, 0.04))
+    _result(
+        tmp_path,
+        "c",
+        "LLMGenRec-cft-d3",
+        "2026-01-02T00:00:00",
+        _metrics(0.06, 0.03, 0.12, 0.05),
+        **{"lambda": 0.1},
+    )
+    _result(
+        tmp_path,
+        "d",
+        "LLMGenRec-cft-d3",
+        "2026-01-03T00:00:00",
+        _metrics(0.04, 0.01, 0.09, 0.0),
+        **{"lambda": 0.05},
+    )
+    (tmp_path / "notes.json").write_text(json.dumps({"something": 1}))  # not a results file: skipped
+    return tmp_path
+
+
+def test_relative_improvement_by_hand():
+    assert cmp.relative_improvement(0.06, 0.05) == pytest.approx(0.2)
+    assert cmp.relative_improvement(0.04, 0.05) == pytest.approx(-0.2)
+    assert math.isnan(cmp.relative_improvement(0.1, 0.0))
+    assert math.isnan(cmp.relative_improvement(None, 0.1))
+
+
+def test_table_labels_newest_and_improvements(results_dir):
+    table = cmp.comparison_table(cmp.load_results([results_dir]), base="SASRec")
+    assert table["label"].tolist() == [
+        "SASRec",
+        "LLMGenRec-cft-d3 (lambda=0.05)",
+        "LLMGenRec-cft-d3 (lambda=0.1)",
+    ]
+    row = table.set_index("label")
+    assert row.loc["SASRec", "hit@10"] == 0.10  # the newest SASRec result, not the older 0.5
+    assert row.loc["LLMGenRec-cft-d3 (lambda=0.1)", "hit@10_improv"] == pytest.approx(0.2)
+    assert row.loc["LLMGenRec-cft-d3 (lambda=0.1)", "ndcg@5_improv"] == pytest.approx(0.5)
+    assert row.loc["LLMGenRec-cft-d3 (lambda=0.05)", "hit@10_improv"] == pytest.approx(-0.1)
+    assert row.loc["LLMGenRec-cft-d3 (lambda=0.05)", "ndcg@10_improv"] == pytest.approx(-1.0)
+    assert row.loc["SASRec", "hit@5_improv"] == 0.0 and bool(row.loc["SASRec", "is_base"])
+    md = cmp.to_markdown(table)
+    assert "| SASRec (base) |" in md and "**0.1200** (+20.0%)" in md and "0.0900 (-10.0%)" in md
+    assert cmp.fingerprint_warnings(table) == []
+
+
+def test_keep_all_and_fingerprint_warning(results_dir):
+    _result(
+        results_dir,
+        "e",
+        "GRU4Rec",
+        "2026-01-02T00:00:00",
+        _metrics(0.01, 0.01, 0.02, 0.01),
+        fingerprint="fp2",
+    )
+    table = cmp.comparison_table(cmp.load_results([results_dir]), keep_all=True)
+    assert len(table) == 5 and sum(table["label"].str.startswith("SASRec @")) == 2
+    warnings = cmp.fingerprint_warnings(table)
+    assert len(warnings) == 1 and "GRU4Rec" in warnings[0]
+    assert set(table["test_set"]) == {"A", "B"}
+
+
+def test_base_must_be_unambiguous(results_dir):
+    with pytest.raises(ValueError, match="several rows"):
+        cmp.comparison_table(cmp.load_results([results_dir]), base="LLMGenRec-cft-d3")
+    with pytest.raises(ValueError, match="matches no row"):
+        cmp.comparison_table(cmp.load_results([results_dir]), base="Caser")
+
+
+def test_run_compare_writes_csv_markdown_png(results_dir, tmp_path):
+    out = tmp_path / "out"
+    files = cmp.run_compare([results_dir], output=out, base="LLMGenRec-cft-d3 (lambda=0.1)")
+    csv = pd.read_csv(files["csv"])
+    assert csv.loc[csv["label"] == "SASRec", "hit@10_improv"].item() == pytest.approx(0.10 / 0.12 - 1)
+    assert files["png"].stat().st_size > 1000 and "lambda=0.1) (base)" in files["md"].read_text()
+
+
+# ----------------------------------------------------------------------------- popularity
+
+
+def test_popularity_groups_by_items_and_by_interactions():
+    counts = [0, 5, 1, 3, 0, 9, 2]  # index 0 = padding
+    # ascending (ties by id): 4(0), 2(1), 6(2), 3(3), 1(5), 5(9) -> three slices of two
+    assert popularity_groups(counts, 3, "items").tolist() == [-1, 2, 0, 1, 0, 2, 1]
+    assert popularity_groups([0, 1, 1, 1, 1, 6], 2, "interactions").tolist() == [-1, 0, 0, 0, 0, 1]
+    assert popularity_groups([0, 2, 2, 3, 3], 2, "interactions").tolist() == [-1, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match="cannot fill"):
+        popularity_groups([0, 1, 2], 5)
+
+
+def test_group_shares_sum_to_one_and_skip_padding():
+    groups = np.array([-1, 2, 0, 1, 0, 2, 1])
+    shares, counts = group_shares(torch.tensor([[1, 2, -1], [5, 5, 3]]), groups, 3)
+    assert counts.tolist() == [1, 1, 3]
+    assert shares.tolist() == pytest.approx([0.2, 0.2, 0.6]) and shares.sum() == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- temporal
+
+
+def test_reverse_histories_reverses_only_the_history():
+    seq = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0], [6, 0, 0, 0], [7, 8, 9, 10]])
+    lengths = torch.tensor([3, 2, 1, 4])
+    out = reverse_histories(seq, lengths)
+    assert out.tolist() == [[3, 2, 1, 0], [5, 4, 0, 0], [6, 0, 0, 0], [10, 9, 8, 7]]
+    assert torch.equal(reverse_histories(out, lengths), seq)
+
+
+def test_list_change_rates_and_change_rate():
+    a = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9], [1, 1, 1]])
+    b = torch.tensor([[1, 2, 3], [5, 4, 6], [7, 8, 2], [1, 1, 1]])
+    assert list_change_rates(a, b) == {"list_changed": 0.5, "set_changed": 0.25}
+    assert change_rate(0.10, 0.08) == pytest.approx(-0.2)
+    assert math.isnan(change_rate(0.0, 0.1))
+
+
+def test_evaluate_ranked_uses_recbole_metrics_by_hand():
+    ranked = torch.tensor([[3, 5, 7], [1, 2, 4], [9, -1, -1]])
+    result = evaluate_ranked(ranked, torch.tensor([5, 8, 9]), {"metrics": ["Hit", "NDCG"], "topk": [1, 3]})
+    assert result["hit@1"] == pytest.approx(1 / 3, abs=1e-6)
+    assert result["hit@3"] == pytest.approx(2 / 3, abs=1e-6)
+    assert result["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1) / 3, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- a fake generative model
+
+
+EOS = 1
+
+
+def _title_tokens(title: str) -> list[int]:
+    return [2 + (ord(c) % 40) for c in title] + [EOS]
+
+
+class _Prompts:
+    def __init__(self, sequences):
+        self._sequences = sequences
+
+    def all_target_sequences(self):
+        return self._sequences
+
+
+class FakeGenerative:
+    """Recommends the history, most recent first (so reversal flips the list); a fixed list without history."""
+
+    ITEM_SEQ, ITEM_SEQ_LEN, POS_ITEM_ID = "item_id_list", "item_length", "item_id"
+
+    def __init__(self, sequences):
+        self.prompts = _Prompts(sequences)
+        self.no_history_calls = 0
+
+    def parameters(self):
+        return iter(())
+
+    def recommend_histories(self, histories, k, without_history=False):
+        out = torch.full((len(histories), k), -1, dtype=torch.long)
+        for row, h in enumerate(histories):
+            items = list(range(1, k + 1)) if without_history else list(reversed(h))[:k]
+            out[row, : len(items)] = torch.tensor(items)
+        self.no_history_calls += bool(without_history)
+        return out
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    from recbole.data import data_preparation
+
+    from recbole_llm.config import Config
+    from recbole_llm.quick_start import create_dataset
+
+    monkeypatch.setattr(sys, "argv", ["run"])
+    write_prepared(tmp_path)
+    config = Config(
+        model="SASRec", dataset="tiny", config_dict={"data_path": str(tmp_path), "state": "ERROR"}
+    )
+    train, valid, test = data_preparation(config, create_dataset(config))
+    dataset = test.dataset
+    titles = dataset.item_titles()
+    sequences = [[]] + [_title_tokens(t) for t in titles[1:]]
+    trained = type("Trained", (), {})()
+    trained.config, trained.train_data, trained.valid_data, trained.test_data = config, train, valid, test
+    trained.model = FakeGenerative(sequences)
+    return Run("Fake", {"run": "Fake"}, trained)
+
+
+def test_popularity_analysis_with_and_without_history(tiny_run):
+    from recbole_llm.analysis.popularity import analyse_run
+
+    shares, summary = analyse_run(tiny_run, k=3, n_groups=2)
+    table = shares.pivot_table(index="condition", columns="group", values="share")
+    assert np.allclose(table.sum(axis=1), 1.0)
+    # the fake recommends the (<= 3 most recent) history items, so with_history ~ history mix of those
+    test = tiny_run.trained.test_data.dataset.inter_feat
+    recent = [
+        row[:n].tolist()[::-1][:3] for row, n in zip(test["item_id_list"], test["item_length"], strict=True)
+    ]
+    n = tiny_run.trained.train_data.dataset.item_num
+    groups = popularity_groups(
+        torch.bincount(tiny_run.trained.train_data.dataset.inter_feat["item_id"], minlength=n), 2
+    )
+    expected, _ = group_shares(torch.tensor([i for r in recent for i in r]), groups, 2)
+    assert table.loc["with_history"].tolist() == pytest.approx(expected.tolist())
+    expected_none, _ = group_shares(torch.tensor([1, 2, 3]), groups, 2)
+    assert table.loc["without_history"].tolist() == pytest.approx(expected_none.tolist())
+    assert tiny_run.trained.model.no_history_calls == 1  # same list for two users: one decode stands for all
+    assert summary["n_items"].sum() == n - 1 == len(TITLES)
+
+
+def test_temporal_analysis_on_fake_model(tiny_run):
+    from recbole_llm.analysis.temporal import analyse_run
+
+    rows = {r["metric"]: r for r in analyse_run(tiny_run, k=10)}
+    test = tiny_run.trained.test_data.dataset.inter_feat
+    hist = [row[:n].tolist() for row, n in zip(test["item_id_list"], test["item_length"], strict=True)]
+    targets = test["item_id"].tolist()
+    # original list = history newest first, reversed input gives it oldest first
+    hr5 = np.mean([t in h[::-1][:5] for h, t in zip(hist, targets, strict=True)])
+    hr5_rev = np.mean([t in h[:5] for h, t in zip(hist, targets, strict=True)])
+    assert rows["hit@5"]["original"] == pytest.approx(hr5) and rows["hit@5"]["reversed"] == pytest.approx(
+        hr5_rev
+    )
+    assert rows["list_changed@10"]["change_rate"] == pytest.approx(np.mean([len(h) > 1 for h in hist]))
+    assert rows["set_changed@10"]["change_rate"] == 0.0
+
+
+# ----------------------------------------------------------------------------- IG statistics
+
+
+WORKED = ([[1, 2, 9], [1, 3, 9], [5, 9]], [1.0, 1.0, 2.0])  # trie.py's worked example, EOS = 9
+
+
+def test_reference_trie_matches_the_worked_example():
+    trie = ReferenceTrie(*WORKED)
+    h = -0.25 * math.log(0.25)
+    assert trie.score[0] == pytest.approx(3 * h)  # 1.0397
+    assert trie.entropies([1, 2, 9]) == pytest.approx([2 * h, h, h])
+    assert trie.information_gain([1, 2, 9]) == pytest.approx([h, h, 0.0])
+    assert trie.information_gain([5, 9]) == pytest.approx([2 * h, 0.0])
+
+
+def test_path_entropies_equal_title_trie_arrays():
+    from recbole_llm.model.trie import TitleTrie
+
+    rng = np.random.default_rng(0)
+    sequences = [[int(t) for t in rng.integers(2, 6, size=rng.integers(1, 4))] + [1] for _ in range(30)]
+    sequences.append(list(sequences[0]))  # a duplicate title shares a leaf
+    weights = rng.integers(0, 5, size=len(sequences)).astype(float)
+    weights[0] = 3.0
+    trie = TitleTrie.build(sequences, list(range(1, len(sequences) + 1)), item_weight=weights)
+    values, valid = item_path_entropies(trie, torch.arange(1, len(sequences) + 1))
+    for row, expected in enumerate(path_entropies(sequences, weights)):
+        assert values[row][valid[row]].tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_zero_ig_share_by_hand_and_as_title_trie():
+    from recbole_llm.model.trie import TitleTrie
+
+    trie = ReferenceTrie(*WORKED)
+    ig = [trie.information_gain(s) for s in WORKED[0]]
+    table = torch.zeros(3, 3, dtype=torch.float64)
+    valid = torch.zeros(3, 3, dtype=torch.bool)
+    for i, row in enumerate(ig):
+        table[i, : len(row)] = torch.tensor(row)
+        valid[i, : len(row)] = True
+    # tokens written 1, 1 and 2 times: 3 + 3 + 2*2 = 10 tokens, zero IG only on EOS: 1 + 1 + 2 = 4
+    stats = zero_ig_statistics(table, valid, [1, 1, 2])
+    assert (stats["tokens"], stats["zero_ig_tokens"], stats["zero_ig_share"]) == (10, 4, 0.4)
+    title_trie = TitleTrie.build(WORKED[0], [1, 2, 3], item_weight=WORKED[1])
+    assert title_trie.zero_ig_share(weighted=True) == pytest.approx(0.4)
+
+
+def test_entropy_by_step_counts_only_reached_steps():
+    values = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]])
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    mean, count = entropy_by_step(values, valid)
+    assert mean[:2].tolist() == [2.0, 2.0] and math.isnan(mean[2]) and count.tolist() == [2, 1, 0]
+
+
+def test_ig_stats_analysis_matches_reference_trie(tiny_run):
+    from recbole_llm.analysis.ig_stats import analyse_run
+
+    zero_rows, step_rows = analyse_run(tiny_run, k=3)
+    model = tiny_run.trained.model
+    sequences = model.prompts.all_target_sequences()
+    n = len(sequences)
+    counts = torch.bincount(tiny_run.trained.train_data.dataset.inter_feat["item_id"], minlength=n).double()
+    ref = ReferenceTrie(sequences[1:], counts[1:].tolist())
+    tokens = sum(counts[i] * len(sequences[i]) for i in range(1, n))
+    zeros = sum(
+        counts[i] * sum(abs(g) < 1e-9 for g in ref.information_gain(sequences[i])) for i in range(1, n)
+    )
+    train_row = next(r for r in zero_rows if r["scope"] == "train_target_tokens")
+    assert train_row["zero_ig_share"] == pytest.approx(float(zeros / tokens))
+    steps = pd.DataFrame(step_rows)
+    truth = steps[steps["source"] == "ground_truth"].set_index("step")["mean_entropy"]
+    targets = tiny_run.trained.test_data.dataset.inter_feat["item_id"].tolist()
+    assert truth[1] == pytest.approx(np.mean([ref.entropies(sequences[t])[0] for t in targets]))
+    diff = steps[steps["source"] == "difference"].set_index("step")["mean_entropy"]
+    pred = steps[steps["source"] == "predicted"].set_index("step")["mean_entropy"]
+    assert diff[1] == pytest.approx(pred[1] - truth[1])
+
+
+def test_loss_by_ig_group_and_median():
+    losses = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    ig = torch.tensor([0.0, 0.5, 1.0, 2.0, 0.0])
+    assert loss_by_ig_group(losses, ig) == {"zero": (6.0, 2), "low": (5.0, 2), "high": (4.0, 1)}
+    assert loss_by_ig_group(losses, ig, 0.6) == {"zero": (6.0, 2), "low": (2.0, 1), "high": (7.0, 2)}
+    # weighted lower median of the positive values 1 (w 1), 2 (w 1), 3 (w 3): cumulative 1, 2, 5 >= 2.5 -> 3
+    assert median_positive_ig(torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.tensor([5.0, 1.0, 1.0, 3.0])) == 3.0
+    assert math.isnan(median_positive_ig(torch.zeros(3)))
+    with pytest.raises(ValueError, match="one IG per token"):
+        loss_by_ig_group(losses, ig[:3])
+
+
+class _Board:
+    def __init__(self):
+        self.scalars = []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+
+def test_ig_loss_tracker_writes_epochs_and_tensorboard(tmp_path):
+    board = _Board()
+    tracker = IGLossTracker(tmp_path / "run" / "ig_loss.csv", threshold=0.6, tensorboard=board)
+    tracker.update(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.5]))
+    tracker.update(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0]))
+    assert tracker.flush(0) == {"zero": 2.0, "low": 2.0, "high": 4.0}
+    vocab = 7  # zero logits: every token's cross-entropy is log(vocab)
+    tracker.update_from_logits(
+        torch.zeros(3, vocab), torch.tensor([1, 2, -100]), torch.tensor([0.0, 0.0, 5.0])
+    )
+    assert tracker.flush(1)["zero"] == pytest.approx(math.log(vocab))
+    frame = pd.read_csv(tmp_path / "run" / "ig_loss.csv")
+    assert frame[frame["epoch"] == 0].set_index("group")["tokens"].to_dict() == {
+        "zero": 2,
+        "low": 1,
+        "high": 1,
+    }
+    assert frame[frame["epoch"] == 1].set_index("group")["tokens"].to_dict() == {
+        "zero": 2,
+        "low": 0,
+        "high": 0,
+    }
+    assert ("IG_loss/high", 4.0, 0) in board.scalars and not any(
+        s[2] == 1 and s[0] == "IG_loss/low" for s in board.scalars
+    )
+    files = run_ig_loss([tmp_path / "run"], output=tmp_path / "out")
+    assert files["png"].stat().st_size > 1000 and len(pd.read_csv(files["csv"])) == 6
+
+
+def test_tracker_threshold_from_item_token_table():
+    table = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 9.0], [2.0, 0.0, 0.0]])
+    lengths = torch.tensor([0, 3, 2])  # item 1's padding (index 2 of item 2) is not a token
+    tracker = IGLossTracker.for_token_table("unused.csv", table, lengths, torch.tensor([0.0, 1.0, 5.0]))
+    assert tracker.threshold == 2.0  # positives 1 (w 1), 9 (w 1), 2 (w 5): weighted lower median = 2
+
+
+# ----------------------------------------------------------------------------- end to end on SASRec
+
+
+def test_commands_on_a_finished_sasrec_run(tmp_path, monkeypatch):
+    from recbole_llm.analysis.__main__ import main
+    from recbole_llm.quick_start import load_trained, run_recbole_llm
+
+    write_prepared(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["run", "--state=ERROR", "--show_progress=False", "--hidden_size=16"])
+    result = run_recbole_llm(
+        model="SASRec", dataset="tiny", config_dict={"data_path": str(tmp_path), "epochs": 1}
+    )
+    out = tmp_path / "analysis"
+    monkeypatch.setattr(sys, "argv", ["analysis"])
+    temporal = main(["temporal", result["results_file"], "--output", str(out)])
+    frame = pd.read_csv(temporal["csv"]).set_index("metric")
+    for metric, value in result["test_result"].items():  # rank_items + RecBole metrics = the trainer's test
+        assert frame.loc[metric, "original"] == pytest.approx(value, abs=1e-4)
+    popularity = main(["popularity", result["results_file"], "--output", str(out), "--groups", "2"])
+    shares = pd.read_csv(popularity["csv"])
+    assert np.allclose(shares.groupby("condition")["share"].sum(), 1.0)
+    assert set(shares["condition"]) == {
+        "with_history",
+        "history_items",
+        "test_targets",
+    }  # no history-free SASRec
+    compare = main(["compare", str(tmp_path / "results" / "tiny"), "--base", "SASRec", "--output", str(out)])
+    for files in (temporal, popularity, compare):
+        assert all(path.stat().st_size > 0 for path in files.values())
+    with pytest.raises(ValueError, match="LLMGenRec"):
+        main(["ig-stats", result["results_file"], "--output", str(out)])
+    trained = load_trained(result["results_file"])
+    with pytest.raises(ValueError, match="without the history"):
+        rank_items(
+            trained.model, trained.test_data.dataset.inter_feat[torch.arange(2)], 5, without_history=True
+        )

@@ -1,0 +1,53 @@
+"""Config: command-line values parsed without eval, plugin YAML files found, errors that say what to do."""
+
+import sys
+
+import pytest
+
+from recbole_llm.config import Config, parse_value
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3", 3),
+        ("1e-4", 1e-4),
+        ("[5,10]", [5, 10]),
+        ("True", True),
+        ("false", False),
+        ("None", None),
+        ("igd", "igd"),
+        ("[q_proj,v_proj]", ["q_proj", "v_proj"]),
+        ("q_proj,v_proj", ["q_proj", "v_proj"]),
+        ("__import__('os').system('echo pwned')", "__import__('os').system('echo pwned')"),
+    ],
+)
+def test_parse_value(text, expected):
+    assert parse_value(text) == expected
+
+
+def test_yaml_and_command_line_overrides(monkeypatch, tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("learning_rate: 0.5\nepochs: 7\n")
+    monkeypatch.setattr(sys, "argv", ["run", "--epochs=9", "--topk=[1,2]"])
+    config = Config(model="SASRec", dataset="ml-100k", config_file_list=[str(extra)])
+    assert config["learning_rate"] == 0.5  # file beats properties/overall.yaml
+    assert config["epochs"] == 9  # command line beats file
+    assert config["topk"] == [1, 2]
+    assert config["benchmark_filename"] == ["train", "valid", "test"]  # properties/overall.yaml
+    assert config["n_layers"] == 2  # properties/model/SASRec.yaml
+    assert config["data_path"].endswith("ml-100k") and "dataset_example" not in config["data_path"]
+
+
+def test_unknown_model_names_the_fix(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run"])
+    with pytest.raises(ValueError, match="SASRec, GRU4Rec or Caser"):
+        Config(model="SasRec", dataset="ml-100k")
+
+
+def test_yaml_is_loaded_safely(monkeypatch, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x: !!python/object/apply:os.system ['echo pwned']\n")
+    monkeypatch.setattr(sys, "argv", ["run"])
+    with pytest.raises(Exception, match="python/object"):
+        Config(model="SASRec", dataset="ml-100k", config_file_list=[str(bad)])

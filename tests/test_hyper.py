@@ -1,0 +1,147 @@
+"""run_hyper.py: params files, selection direction, trial table; end to end on SASRec with RecBole's HyperTuning."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pandas as pd
+import pytest
+
+import run_hyper
+from tests.fixtures import write_prepared
+
+
+def _params(tmp_path, text):
+    path = tmp_path / "p.hyper"
+    path.write_text(text)
+    return path
+
+
+def test_params_file_parsing(tmp_path):
+    path = _params(
+        tmp_path,
+        "# comment\n"
+        "lambda choice [0.01, 0.05, 0.1]   # CFT grid\n"
+        "\n"
+        "dropout_prob uniform 0.1 0.5\n"
+        "learning_rate loguniform -9.2,-4.6\n"
+        "hidden_size quniform 32, 128, 32\n"
+        "prompt_template choice ['d3', 'igd']\n",
+    )
+    assert run_hyper.parse_params_file(path) == {
+        "lambda": ("choice", [0.01, 0.05, 0.1]),
+        "dropout_prob": ("uniform", [0.1, 0.5]),
+        "learning_rate": ("loguniform", [-9.2, -4.6]),
+        "hidden_size": ("quniform", [32.0, 128.0, 32.0]),
+        "prompt_template": ("choice", ["d3", "igd"]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lambda pick [1]\n", "unknown type"),
+        ("lambda choice 0.1\n", "non-empty list"),
+        ("lambda choice [__import__('os')]\n", "list literal"),
+        ("beta uniform 0.5 0.1\n", "must be below"),
+        ("beta uniform 0.1\n", "needs 2 numbers"),
+        ("beta\n", "expected `name type values`"),
+        ("# nothing\n", "defines no parameter"),
+    ],
+)
+def test_bad_params_files_say_what_to_fix(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        run_hyper.parse_params_file(_params(tmp_path, text))
+
+
+def _rec(score, bigger):
+    return {"best_valid_score": score, "valid_score_bigger": bigger}
+
+
+def test_best_trial_follows_the_validation_direction():
+    assert run_hyper.best_trial([_rec(0.2, True), _rec(0.5, True), _rec(0.5, True), _rec(0.1, True)]) == 1
+    assert run_hyper.best_trial([_rec(2.0, False), _rec(1.5, False), _rec(1.7, False)]) == 1
+    # RecBole's own tracker treats a best score of 0.0 as "none yet"; ours does not
+    assert run_hyper.best_trial([_rec(0.0, False), _rec(0.3, False)]) == 0
+    assert run_hyper.best_trial([_rec(math.nan, True), _rec(0.1, True)]) == 1
+    assert run_hyper.best_trial([]) is None
+
+
+def test_loss_is_minimised_through_recbole_hypertuning(tmp_path, monkeypatch):
+    """A fake objective (valid loss per lambda): HyperTuning must pick the lowest loss, and so must the table."""
+    import recbole_llm.quick_start as quick_start
+
+    losses = {0.01: 0.9, 0.05: 0.2, 0.1: 0.5}
+    seen = []
+
+    def fake_objective(config_dict, config_file_list=None, saved=True):
+        seen.append(dict(config_dict))
+        loss = losses[config_dict["lambda"]]
+        return {
+            "model": config_dict["model"],
+            "best_valid_score": loss,
+            "valid_score_bigger": False,
+            "best_valid_result": {"loss": loss},
+            "test_result": {"hit@10": 1 - loss},
+            "results_file": f"r-{config_dict['lambda']}.json",
+        }
+
+    monkeypatch.setattr(quick_start, "objective_function", fake_objective)
+    monkeypatch.setattr(sys, "argv", ["run_hyper.py"])
+    write_prepared(tmp_path)
+    out = run_hyper.main(
+        [
+            "--model=SASRec",
+            "--dataset=tiny",
+            f"--params_file={_params(tmp_path, 'lambda choice [0.01, 0.05, 0.1]')}",
+            f"--output={tmp_path / 'hyper'}",
+            f"--data_path={tmp_path}",
+            "--state=ERROR",
+        ]
+    )
+    assert sorted(s["lambda"] for s in seen) == [0.01, 0.05, 0.1]  # exhaustive: the whole grid
+    assert all(s["model"] == "SASRec" and s["dataset"] == "tiny" for s in seen)
+    assert out["best"]["lambda"] == 0.05 and out["best"]["best_valid_score"] == 0.2
+    assert out["recbole_best_params"] == {"lambda": 0.05}  # HyperTuning itself minimised the loss
+    table = pd.read_csv(tmp_path / "hyper" / "hyper_trials.csv")
+    assert table.loc[table["best"] == "*", "lambda"].tolist() == [0.05]
+    assert table.loc[table["lambda"] == 0.1, "test_hit@10"].item() == pytest.approx(0.5)
+    assert "lower is better" in (tmp_path / "hyper" / "hyper_trials.md").read_text()
+
+
+def test_searched_keys_cannot_also_be_fixed(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run_hyper.py"])
+    params = _params(tmp_path, "learning_rate choice [0.1, 0.01]\n")
+    with pytest.raises(ValueError, match="both searched"):
+        run_hyper.main(["--model=SASRec", "--dataset=tiny", f"--params_file={params}", "--learning_rate=0.5"])
+    ranges = _params(tmp_path, "learning_rate loguniform -9 -4\n")
+    with pytest.raises(ValueError, match="random or --algo=bayes"):
+        run_hyper.main(["--model=SASRec", "--dataset=tiny", f"--params_file={ranges}"])
+
+
+def test_end_to_end_grid_on_sasrec(tmp_path, monkeypatch):
+    write_prepared(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["run_hyper.py"])
+    params = _params(tmp_path, "hidden_size choice [8, 16]\n")
+    out = run_hyper.main(
+        [
+            "--model=SASRec",
+            "--dataset=tiny",
+            f"--params_file={params}",
+            f"--data_path={tmp_path}",
+            "--epochs=1",
+            "--state=ERROR",
+            "--show_progress=False",
+        ]
+    )
+    records = out["records"]
+    assert sorted(r["hidden_size"] for r in records) == [8, 16]
+    best = max(records, key=lambda r: r["best_valid_score"])  # NDCG@10: bigger is better
+    assert out["best"]["best_valid_score"] == best["best_valid_score"]
+    table = pd.read_csv(out["output"] / "hyper_trials.csv")
+    assert len(table) == 2 and {"valid_score (NDCG@10)", "test_ndcg@10", "results_file"} <= set(table.columns)
+    for record in records:  # every trial is a normal run with its own results JSON
+        assert (tmp_path / record["results_file"]).is_file()
+    assert (out["output"] / "hyper_result.txt").is_file()
