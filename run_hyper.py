@@ -1,7 +1,7 @@
 """Hyper-parameter tuning of any model with RecBole's own ``HyperTuning`` (hyperopt).
 
-    python run_hyper.py --model=LLMGenRec --dataset=ml-100k --params_file=properties/hyper/cft.hyper \\
-        --objective=cft --algo=exhaustive
+    python run_hyper.py --model=LLMGenRec --dataset=ml-100k --params_file=properties/hyper/LLMGenRec-cetrec.hyper \\
+        --objective=cetrec --algo=exhaustive
     python run_hyper.py --model=SASRec --dataset=ml-100k --params_file=properties/hyper/SASRec.hyper --epochs=5
 
 Params file, one parameter a line (RecBole's format; ``#`` starts a comment):
@@ -18,6 +18,11 @@ best trial is the one with the best validation score in the direction RecBole us
 such as NDCG@10, smaller when ``valid_metric: loss`` (LLMGenRec's default, ``valid_metric_bigger: False``).
 Every other ``--key=value`` is a fixed override for all trials. Writes ``<output>/hyper_trials.csv``,
 ``hyper_trials.md`` and RecBole's ``hyper_result.txt``.
+
+Selecting LLMGenRec trials on the validation loss only works for keys that leave the loss's meaning alone
+(``lambda``, ``learning_rate``, ...): decoding-only keys (``ig_alpha``, ``num_beams``, ...) cannot change
+it (refused), and token-weight keys (``beta``, ``beta_prime``) change its scale (warned); select those on
+a decoded metric with ``--valid_metric=NDCG@10 --valid_metric_bigger=True``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,22 @@ from typing import Any
 import pandas as pd
 
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
+# LLMGenRec keys read only when decoding: they never change the validation loss.
+DECODING_KEYS = {
+    "ig_alpha",
+    "num_beams",
+    "length_penalty",
+    "decoder",
+    "fill",
+    "trie_items",
+    "ensemble_weight",
+    "ensemble_checkpoint",
+    "bigrec_generations",
+    "bigrec_rank",
+    "decode_batch_size",
+}
+# LLMGenRec keys that re-weight the tokens of the validation loss: its values are not comparable across them.
+LOSS_WEIGHT_KEYS = {"beta", "beta_prime", "cft_weight_normal_loss", "objective"}
 
 
 def parse_params_file(path: str | Path) -> dict[str, tuple[str, Any]]:
@@ -193,6 +214,27 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def check_selection(model: str, valid_metric: str, params: dict[str, tuple[str, Any]]) -> None:
+    """Refuse a search the validation loss cannot decide; warn when it would compare different scales."""
+    if model != "LLMGenRec" or valid_metric.lower() != "loss":
+        return
+    decoding = sorted(DECODING_KEYS & set(params))
+    if decoding:
+        raise ValueError(
+            f"{', '.join(decoding)} only change decoding, so every trial has the same validation loss and "
+            "selection would be arbitrary: add --valid_metric=NDCG@10 --valid_metric_bigger=True "
+            "(decodes the validation samples; --eval_sample_num keeps that affordable)."
+        )
+    weights = sorted(LOSS_WEIGHT_KEYS & set(params))
+    if weights:
+        print(
+            f"WARNING: {', '.join(weights)} re-weight the tokens of the validation loss, so trials with "
+            "different values report losses on different scales; prefer --valid_metric=NDCG@10 "
+            "--valid_metric_bigger=True to select among them.",
+            file=sys.stderr,
+        )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -253,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(
             "valid_metric is loss but valid_metric_bigger is True: set --valid_metric_bigger=False."
         )
+    check_selection(args.model, valid_metric, params)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     output = (
         Path(args.output)

@@ -5,21 +5,43 @@
     python run_recbole_llm.py --model=LLMGenRec --config_files="my.yaml other.yaml" --learning_rate=5e-5
 
 Every ``--key=value`` overrides the YAML files in ``properties/`` exactly as in ``run_recbole.py``.
+
+An interrupted LLMGenRec run (killed, crashed, or stopped by SIGTERM / Ctrl-C, which save the
+current step first) continues from its last checkpoint with one flag, the run folder it printed:
+
+    python run_recbole_llm.py --resume=saved/LLMGenRec-amazon-games-Nov-23-2026_19-45-54
 """
 
 import argparse
+import sys
 
 from recbole_llm.quick_start import run_recbole_llm
+from recbole_llm.trainer.llm_trainer import TrainingStopped
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", "-m", type=str, default="SASRec", help="LLMGenRec, SASRec, GRU4Rec, Caser, ..."
+        "--model", "-m", type=str, default=None, help="LLMGenRec, SASRec, GRU4Rec, Caser, ... [SASRec]"
     )
-    parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="a prepared dataset name")
+    parser.add_argument("--dataset", "-d", type=str, default=None, help="a prepared dataset name [ml-100k]")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated YAML files")
+    parser.add_argument(
+        "--resume",
+        type=str,
+        default=None,
+        help="run folder (saved/<model>-<dataset>-<time>) of an interrupted run: continue it exactly, "
+        "with its recorded model, dataset and settings",
+    )
     args, _ = parser.parse_known_args()
     config_files = args.config_files.split() if args.config_files else None
-    run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=config_files)
+    if args.resume is None:
+        model, dataset, extra = args.model or "SASRec", args.dataset or "ml-100k", None
+    else:
+        model, dataset, extra = args.model, args.dataset, {"resume": args.resume}
+    try:
+        run_recbole_llm(model=model, dataset=dataset, config_file_list=config_files, config_dict=extra)
+    except TrainingStopped as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)

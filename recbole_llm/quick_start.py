@@ -39,6 +39,40 @@ def load_run(config: Config, quiet: bool = False):
     return dataset, (train_data, valid_data, test_data), model, trainer
 
 
+def _requested_resume(config_dict: dict[str, Any] | None) -> str | None:
+    """The ``resume`` value of ``config_dict`` or of a ``--resume=...`` command-line flag."""
+    if config_dict and config_dict.get("resume"):
+        return str(config_dict["resume"])
+    for arg in sys.argv[1:]:
+        if arg.startswith("--resume="):
+            return arg.split("=", 1)[1] or None
+    return None
+
+
+def resume_settings(
+    resume: str | Path, model: str | None, dataset: str | None, config_dict: dict[str, Any] | None
+) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """One-flag resume: model, dataset and the run's settings come from the run folder's ``run.json``.
+
+    Settings given now (``config_dict``, ``--key=value``) still override the recorded ones. Folders
+    without ``run.json`` (a baseline's ``.pth`` file) need ``--model`` / ``--dataset`` as before.
+    """
+    path = Path(resume)
+    info_file = next((p / "run.json" for p in (path, path.parent) if (p / "run.json").is_file()), None)
+    if info_file is None:
+        return model, dataset, config_dict
+    info = json.loads(info_file.read_text())
+    for key, given in (("model", model), ("dataset", dataset)):
+        if given is not None and given != info[key]:
+            raise ValueError(
+                f"--{key}={given} but the run in {info_file.parent} was trained with {key}={info[key]}: "
+                f"drop --{key} (--resume reads it from run.json) or resume another run folder."
+            )
+    merged = {k: v for k, v in (info.get("overrides") or {}).items() if k not in ("model", "dataset")}
+    merged.update(config_dict or {})
+    return info["model"], info["dataset"], merged
+
+
 def run_recbole_llm(
     model: str | None = None,
     dataset: str | None = None,
@@ -46,7 +80,14 @@ def run_recbole_llm(
     config_dict: dict[str, Any] | None = None,
     saved: bool = True,
 ) -> dict[str, Any]:
-    """Train and test one model on one dataset; return RecBole's result dict plus the results file path."""
+    """Train and test one model on one dataset; return RecBole's result dict plus the results file path.
+
+    ``resume`` (in ``config_dict`` or ``--resume=<run folder>``) continues an interrupted run exactly
+    where its last checkpoint left it, with the settings recorded in the run folder.
+    """
+    resume = _requested_resume(config_dict)
+    if resume:
+        model, dataset, config_dict = resume_settings(resume, model, dataset, config_dict)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -452,3 +453,248 @@ def test_commands_on_a_finished_sasrec_run(tmp_path, monkeypatch):
         rank_items(
             trained.model, trained.test_data.dataset.inter_feat[torch.arange(2)], 5, without_history=True
         )
+
+
+# ----------------------------------------------------------------------------- LLMGenRec: IG loss, TensorBoard, CLIs
+
+
+def _hand_threshold(sequences, counts, ref) -> float:
+    """Weighted lower median of the positive token IGs of every item, weighted by its target count."""
+    pairs = sorted(
+        (g, float(counts[i]))
+        for i in range(1, len(sequences))
+        if counts[i] > 0
+        for g in ref.information_gain(sequences[i])
+        if g > 1e-9
+    )
+    total = sum(w for _, w in pairs)
+    cum = 0.0
+    for g, w in pairs:
+        cum += w
+        if cum >= total / 2:
+            return g
+    raise AssertionError("no positive IG")
+
+
+def _hand_groups(ig_values, threshold):
+    return ["zero" if abs(g) <= 1e-9 else "low" if g <= threshold else "high" for g in ig_values]
+
+
+def _llm_config(root, model_dir, **extra):
+    config = {
+        "data_path": str(root / "data"),
+        "llm_path": str(model_dir),
+        "checkpoint_dir": str(root / "saved"),
+        "results_dir": str(root / "results"),
+        "epochs": 1,
+        "train_batch_size": 16,
+        "micro_batch_size": 8,
+        "train_sample_num": None,
+        "eval_sample_num": 6,
+        "show_progress": False,
+        "state": "ERROR",
+        "mixed_precision": "no",
+        "dropout": 0.0,
+    }
+    config.update(extra)
+    return config
+
+
+@pytest.fixture(scope="module")
+def llm_workspace(tmp_path_factory):
+    from recbole_llm.utils.testing import tiny_model_dir
+
+    root = tmp_path_factory.mktemp("llm_analysis")
+    write_prepared(root / "data")
+    return root, tiny_model_dir(root / "model")
+
+
+def test_ig_loss_hook_equals_hand_computation(llm_workspace, monkeypatch):
+    """One training forward pass: group means = per-token CE grouped by an independent IG reference."""
+    from recbole_llm.config import Config
+    from recbole_llm.quick_start import load_run
+
+    root, model_dir = llm_workspace
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    config = Config(
+        model="LLMGenRec", dataset="tiny", config_dict=_llm_config(root, model_dir, objective="cft")
+    )
+    _, (train, _, _), model, trainer = load_run(config, quiet=True)
+    trainer._setup_ig_loss_log()  # what fit() does: the tracker of <run_dir>/ig_loss.csv
+    tracker = model.ig_loss_tracker
+    sequences = model.prompts.all_target_sequences()
+    counts = model.popularity.double().tolist()
+    ref = ReferenceTrie(sequences[1:], counts[1:])
+    threshold = _hand_threshold(sequences, counts, ref)
+    assert tracker.threshold == pytest.approx(threshold)
+
+    inter = train.dataset.inter_feat[torch.arange(8)]
+    model.train()
+    model(inter)  # cft: factual + counterfactual pass; only the factual tokens are logged
+    means = tracker.flush(0)
+
+    model.eval()
+    histories = model._histories(inter)
+    targets = inter["item_id"].tolist()
+    with torch.no_grad():
+        logits = model._target_logits(model.prompts.build(histories, targets)).double()
+    labels = [t for item in targets for t in sequences[item]]
+    ce = (-logits.log_softmax(-1)[torch.arange(len(labels)), torch.tensor(labels)]).tolist()
+    groups = _hand_groups([g for item in targets for g in ref.information_gain(sequences[item])], threshold)
+    frame = pd.read_csv(tracker.csv_path).set_index("group")
+    for group in ("zero", "low", "high"):
+        values = [c for c, g in zip(ce, groups, strict=True) if g == group]
+        assert values, f"the small case must have {group}-IG tokens"
+        assert means[group] == pytest.approx(np.mean(values), rel=1e-5)
+        assert frame.loc[group, "tokens"] == len(values)
+    assert tracker.csv_path.parent == trainer.run_dir
+
+
+@pytest.fixture(scope="module")
+def finished_llm_run(llm_workspace):
+    """A 2-epoch IGD run and a SASRec run on the tiny fixture (cwd = workspace, so log_tensorboard/ lands there)."""
+    from recbole_llm.quick_start import run_recbole_llm
+
+    root, model_dir = llm_workspace
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setattr(sys, "argv", ["x"])
+        llm = run_recbole_llm(
+            model="LLMGenRec",
+            dataset="tiny",
+            config_dict=_llm_config(root, model_dir, objective="igd", epochs=2, stopping_step=5),
+        )
+        sasrec = run_recbole_llm(
+            model="SASRec",
+            dataset="tiny",
+            config_dict={
+                "data_path": str(root / "data"),
+                "results_dir": str(root / "results"),
+                "checkpoint_dir": str(root / "saved"),
+                "epochs": 1,
+                "hidden_size": 16,
+                "eval_sample_num": 6,
+                "state": "ERROR",
+                "show_progress": False,
+            },
+        )
+    return root, llm, sasrec
+
+
+def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_training_writes_ig_loss_csv_and_tensorboard(finished_llm_run, monkeypatch):
+    from recbole_llm.quick_start import load_trained
+
+    root, result, _ = finished_llm_run
+    run_dir = Path(result["checkpoint"]).parent
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["model"] == "LLMGenRec" and info["run"] == "LLMGenRec-igd-d3"
+    frame = pd.read_csv(run_dir / "ig_loss.csv")
+    assert frame["epoch"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert frame["group"].tolist()[:3] == ["zero", "low", "high"]
+    # every training sample is seen once per epoch: token counts per group by hand
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    trained = load_trained(run_dir)  # the run folder alone is enough to reload (run.json)
+    model = trained.model
+    sequences = model.prompts.all_target_sequences()
+    counts = model.popularity.double().tolist()
+    ref = ReferenceTrie(sequences[1:], counts[1:])
+    threshold = _hand_threshold(sequences, counts, ref)
+    train_targets = trained.train_data.dataset.inter_feat["item_id"].tolist()
+    groups = _hand_groups([g for t in train_targets for g in ref.information_gain(sequences[t])], threshold)
+    for epoch in (0, 1):
+        got = frame[frame["epoch"] == epoch].set_index("group")
+        assert {g: int(got.loc[g, "tokens"]) for g in ("zero", "low", "high")} == {
+            g: groups.count(g) for g in ("zero", "low", "high")
+        }
+        assert np.isfinite(got["mean_loss"]).all() and (got["mean_loss"] > 0).all()
+        assert got["threshold"].iloc[0] == pytest.approx(threshold)
+
+    events = list(Path(info["tensorboard_dir"]).rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard event file under {info['tensorboard_dir']}"
+    scalars = _scalars(info["tensorboard_dir"])
+    assert [s for s, _ in scalars["Loss/Train"]] == [0, 1]
+    assert [s for s, _ in scalars["Valid_score"]] == [0, 1]
+    assert scalars["IG_loss/zero"][1][1] == pytest.approx(frame["mean_loss"][3], rel=1e-6)
+    assert scalars["Test/hit@10"] == [(1, pytest.approx(result["test_result"]["hit@10"]))]
+    assert scalars["Valid/loss"][1][1] == pytest.approx(result["best_valid_result"]["loss"], abs=1e-5)
+
+
+def test_metric_validation_is_not_logged_as_test_and_ig_log_can_be_off(llm_workspace, monkeypatch):
+    from recbole_llm.quick_start import run_recbole_llm
+
+    root, model_dir = llm_workspace
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    result = run_recbole_llm(
+        model="LLMGenRec",
+        dataset="tiny",
+        config_dict=_llm_config(
+            root, model_dir, log_ig_loss=False, valid_metric="NDCG@10", valid_metric_bigger=True
+        ),
+    )
+    run_dir = Path(result["checkpoint"]).parent
+    assert not (run_dir / "ig_loss.csv").exists()
+    scalars = _scalars(json.loads((run_dir / "run.json").read_text())["tensorboard_dir"])
+    assert "IG_loss/zero" not in scalars
+    assert scalars["Valid/ndcg@10"] == [(0, pytest.approx(result["best_valid_result"]["ndcg@10"]))]
+    assert scalars["Test/ndcg@10"] == [(0, pytest.approx(result["test_result"]["ndcg@10"]))]
+
+
+def test_every_command_on_a_finished_llm_run(finished_llm_run, monkeypatch):
+    from recbole_llm.analysis.__main__ import main
+
+    root, llm, sasrec = finished_llm_run
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(sys, "argv", ["analysis"])
+    out = root / "out"
+    run_dir = str(Path(llm["checkpoint"]).parent)
+
+    files = main(["compare", str(root / "results" / "tiny"), "--base", "SASRec", "--output", str(out)])
+    table = pd.read_csv(files["csv"]).set_index("run")
+    for metric in ("hit@10", "ndcg@10"):
+        base = sasrec["test_result"][metric]
+        expected = (llm["test_result"][metric] - base) / base if base else math.nan
+        got = table.loc["LLMGenRec-igd-d3", f"{metric}_improv"]
+        assert (math.isnan(expected) and math.isnan(got)) or got == pytest.approx(expected)
+
+    files = main(
+        ["popularity", llm["results_file"], "--max-users", "4", "--groups", "3", "--output", str(out)]
+    )
+    shares = pd.read_csv(files["csv"])
+    assert set(shares["condition"]) == {"with_history", "without_history", "history_items", "test_targets"}
+    assert np.allclose(shares.groupby("condition")["share"].sum(), 1.0)
+    assert shares.loc[shares["condition"] == "with_history", "count"].sum() == 4 * 10  # 4 users x top-10
+
+    files = main(["temporal", run_dir, "--max-users", "4", "--output", str(out)])
+    frame = pd.read_csv(files["csv"]).set_index("metric")
+    assert frame.loc["hit@10", "n_users"] == 4
+    assert set(frame.index) >= {"hit@5", "ndcg@10", "list_changed@10", "set_changed@10"}
+
+    files = main(["ig-stats", run_dir, "--max-users", "4", "--k", "5", "--output", str(out)])
+    zero = pd.read_csv(files["zero_csv"]).set_index("scope")
+    assert 0 < zero.loc["train_target_tokens", "zero_ig_share"] < 1
+    steps = pd.read_csv(files["steps_csv"])
+    assert steps.loc[(steps["source"] == "predicted") & (steps["step"] == 1), "count"].item() == 4 * 5
+
+    files = main(["ig-loss", run_dir, llm["results_file"], "--output", str(out)])
+    frame = pd.read_csv(files["csv"])
+    assert len(frame) == 2 * 6  # the same run given twice: 2 epochs x 3 groups each
+    for path in out.iterdir():
+        assert path.stat().st_size > 0
+    assert {p.name for p in out.glob("*.png")} == {
+        "comparison.png",
+        "popularity_groups.png",
+        "temporal.png",
+        "ig_entropy_steps.png",
+        "ig_loss.png",
+    }

@@ -337,3 +337,113 @@ def test_random_catalogues_give_valid_ranked_titles(case):
     )
     assert leaves.shape == (len(prompts), k)
     check_valid(leaves, scores, trie, LLAMA, prompts, lp=lp, alpha=alpha, k=k if lp == 0.0 else None)
+
+
+# ---------------------------------------------------------------------------------------------- vs generate()
+CAT_ONE_TOKEN = [[t, EOS] for t in range(3, 15)]  # every title is a single token
+CAT_DUPLICATES = [[3, 4, EOS], [3, 4, EOS], [6, EOS], [6, EOS], [6, EOS], [3, 7, 8, EOS], [3, 7, 8, EOS]]
+CAT_DEEP = [[3, 4, 5, 6, 7, 8, EOS], [3, 4, 5, 6, 7, 9, EOS], [3, 4, 5, 10, EOS], [3, 11, EOS], [12, EOS]]
+# Prompts sharing a 6-token "instruction" (the shared part runs once per batch), one of them short.
+HEADER = [60, 61, 62, 63, 58, 59]
+PROMPTS_HEADER = [HEADER + p for p in PROMPTS] + [HEADER[:3] + [33]]
+
+
+@pytest.mark.parametrize(
+    ("cat", "k"),
+    [(CAT_A, 5), (CAT_ONE_TOKEN, 4), (CAT_DUPLICATES, 3), (CAT_DEEP, 5)],
+    ids=["shared-prefixes", "one-token-titles", "duplicate-titles", "deep-chain"],
+)
+@pytest.mark.parametrize("batch_size", [1, 2, 6])
+def test_equals_generate_for_catalogues_and_batch_sizes(cat, k, batch_size):
+    trie = _trie(cat)
+    ref = generate_reference(LLAMA, PROMPTS_HEADER, trie, num_beams=k)
+    fast = constrained_beam_search(LLAMA, PROMPTS_HEADER, trie, num_beams=k, batch_size=batch_size)
+    assert (fast[0] >= 0).any()
+    assert_same_ranking(fast[0], fast[1], *ref)
+    check_valid(*fast, trie, LLAMA, PROMPTS_HEADER, k=k)
+
+
+@pytest.mark.parametrize("model_name", ["llama", "qwen2"])
+def test_kv_sharing_and_prefix_sharing_do_not_change_results(model_name):
+    model, trie = MODELS[model_name], _trie(CAT_A)
+    plain = constrained_beam_search(
+        model, PROMPTS_HEADER, trie, num_beams=5, batch_size=3, kv_cache="dynamic", share_prompt_prefix=False
+    )
+    for cache in ("shared", "dynamic"):
+        for share in (True, False):
+            got = constrained_beam_search(
+                model,
+                PROMPTS_HEADER,
+                trie,
+                num_beams=5,
+                batch_size=3,
+                kv_cache=cache,
+                share_prompt_prefix=share,
+            )
+            assert_same_ranking(got[0], got[1], *plain, tol=1e-5)
+
+
+def test_shared_prefix_runs_once_and_prompt_kv_is_stored_once_per_user(monkeypatch):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from recbole_llm.model import decoding
+
+    calls, seen = [], []
+
+    def hook(module, args, kwargs):
+        calls.append((tuple(kwargs["input_ids"].shape), kwargs.get("attention_mask")))
+
+    inner = ALL_ATTENTION_FUNCTIONS[decoding.SHARED_PROMPT_ATTENTION]
+
+    def spy(module, query, key, value, mask, **kwargs):
+        ctx = kwargs.get("shared_prompt")
+        if ctx is not None:
+            layer = ctx.layers[module.layer_idx]
+            seen.append((query.shape[0], layer.prompt_keys.shape[0], key.shape[0]))
+        return inner(module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, decoding.SHARED_PROMPT_ATTENTION, spy)
+    prompts = [HEADER + p for p in PROMPTS[:3]]
+    handle = LLAMA.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        constrained_beam_search(LLAMA, prompts, _trie(CAT_A), num_beams=4, batch_size=3)
+    finally:
+        handle.remove()
+    # The 6 shared tokens run once (one row, no padding), then each user's own tokens, left padded.
+    assert calls[0][0] == (1, 6) and calls[0][1] is None
+    assert calls[1][0] == (3, 9) and calls[1][1].shape == (3, 15)
+    assert calls[1][1][:, :6].all() and calls[1][1][0].tolist() == [1] * 6 + [0] * 7 + [1, 1]
+    # Decoding steps go through the shared-prompt attention: 12 beam rows, but the prompt KV has 3 rows.
+    assert seen and all(q == 12 and p == 3 and g == 12 for q, p, g in seen)
+    assert LLAMA.config._attn_implementation == "sdpa"  # restored after decoding
+
+
+def test_cetrec_embed_fn_with_shared_prefix_equals_unshared():
+    trie = _trie(CAT_A)
+    emb = LLAMA.get_input_embeddings()
+
+    def embed_fn(ids, index):  # adds a per-item vector, like CETRec's temporal embeddings
+        return emb(ids) + 0.3 * (index >= 0)[..., None] * torch.sin(index.clamp_min(0)[..., None] + 1.0)
+
+    prompts = [HEADER + p for p in PROMPTS[:4]]
+    index = [[-1] * 6 + [i % 3] * len(p) for i, p in enumerate(PROMPTS[:4])]
+    kw = dict(num_beams=4, batch_size=4, prompt_item_index=index, embed_fn=embed_fn)
+    shared = constrained_beam_search(LLAMA, prompts, trie, **kw)
+    plain = constrained_beam_search(LLAMA, prompts, trie, share_prompt_prefix=False, kv_cache="dynamic", **kw)
+    assert_same_ranking(shared[0], shared[1], *plain, tol=1e-5)
+    without = constrained_beam_search(LLAMA, prompts, trie, num_beams=4, batch_size=4)
+    assert not torch.allclose(without[1], shared[1])  # the embeddings were used
+
+
+@settings(max_examples=15, deadline=None)
+@given(decode_cases(), st.integers(1, 3), st.booleans())
+def test_random_catalogues_equal_generate(case, batch_size, header):
+    seqs, prompts, k, lp, _ = case
+    trie = _trie(seqs)
+    k = max(k, 2)  # generate() runs greedy search for one beam
+    prompts = [HEADER + p for p in prompts] if header else prompts
+    ref = generate_reference(LLAMA, prompts, trie, num_beams=k, length_penalty=lp)
+    fast = constrained_beam_search(
+        LLAMA, prompts, trie, num_beams=k, length_penalty=lp, batch_size=batch_size
+    )
+    assert_same_ranking(fast[0], fast[1], *ref)

@@ -145,3 +145,63 @@ def test_end_to_end_grid_on_sasrec(tmp_path, monkeypatch):
     for record in records:  # every trial is a normal run with its own results JSON
         assert (tmp_path / record["results_file"]).is_file()
     assert (out["output"] / "hyper_result.txt").is_file()
+
+
+def test_llm_search_on_loss_refuses_decoding_only_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run_hyper.py"])
+    params = _params(tmp_path, "ig_alpha choice [0.0, 0.2]\n")
+    with pytest.raises(ValueError, match="valid_metric=NDCG@10"):
+        run_hyper.main(["--model=LLMGenRec", "--dataset=tiny", f"--params_file={params}"])
+    run_hyper.check_selection("LLMGenRec", "NDCG@10", run_hyper.parse_params_file(params))  # fine on a metric
+    run_hyper.check_selection("SASRec", "loss", run_hyper.parse_params_file(params))  # not an LLM key there
+
+
+def test_every_llm_hyper_file_parses_and_names_known_keys():
+    from pathlib import Path
+
+    from recbole_llm.config import Config
+
+    files = sorted(Path("properties/hyper").glob("*.hyper"))
+    assert {f.stem for f in files} >= {"SASRec", "LLMGenRec-cft", "LLMGenRec-igd", "LLMGenRec-cetrec"}
+    known = {m: Config(model=m, dataset="tiny").final_config_dict for m in ("LLMGenRec", "SASRec")}
+    for path in files:
+        model = "LLMGenRec" if path.stem.startswith("LLMGenRec") else path.stem
+        config = known.get(model) or Config(model=model, dataset="tiny").final_config_dict
+        for name in run_hyper.parse_params_file(path):
+            assert name in config, f"{path}: {name} is not a {model} setting"
+
+
+def test_end_to_end_grid_on_llmgenrec_selects_the_lowest_loss(tmp_path, monkeypatch):
+    from recbole_llm.utils.testing import tiny_model_dir
+
+    write_prepared(tmp_path)
+    model_dir = tiny_model_dir(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["run_hyper.py"])
+    params = _params(tmp_path, "lambda choice [0.0, 0.5]\n")
+    out = run_hyper.main(
+        [
+            "--model=LLMGenRec",
+            "--dataset=tiny",
+            f"--params_file={params}",
+            f"--data_path={tmp_path}",
+            f"--llm_path={model_dir}",
+            "--objective=cft",
+            "--epochs=1",
+            "--train_batch_size=16",
+            "--eval_sample_num=4",
+            "--mixed_precision=no",
+            "--state=ERROR",
+            "--show_progress=False",
+        ]
+    )
+    records = out["records"]
+    assert sorted(r["lambda"] for r in records) == [0.0, 0.5]
+    assert all(not r["valid_score_bigger"] and r["valid_loss"] > 0 for r in records)
+    assert out["best"]["best_valid_score"] == min(r["best_valid_score"] for r in records)
+    table = pd.read_csv(out["output"] / "hyper_trials.csv")
+    assert {"valid_score (loss)", "test_hit@10"} <= set(table.columns)
+    assert table.loc[table["best"] == "*", "lambda"].item() == out["best"]["lambda"]
+    assert "lower is better" in (out["output"] / "hyper_trials.md").read_text()
+    for record in records:
+        assert (tmp_path / record["results_file"]).is_file()

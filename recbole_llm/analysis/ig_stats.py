@@ -386,8 +386,8 @@ def find_ig_loss_csv(path: str | Path) -> tuple[Path, dict[str, Any]]:
         if candidate.is_file():
             return candidate, info
     raise FileNotFoundError(
-        f"No ig_loss.csv for {path}: train with `--log_ig_loss=True` (LLMGenRec), which writes "
-        "<run folder>/ig_loss.csv every epoch, then pass that run folder or its results JSON."
+        f"No ig_loss.csv for {path}: LLMGenRec runs write <run folder>/ig_loss.csv every epoch unless "
+        "`log_ig_loss: False` (baselines have no token loss); pass such a run folder or its results JSON."
     )
 
 

@@ -97,7 +97,9 @@ def plot_popularity(frame: pd.DataFrame, path: str | Path, k: int) -> Path:
         ax.set_xlabel("popularity group (training targets)")
     for ax in flat[len(methods) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Top-{k} recommendations by item popularity group (higher group = more popular)")
+    fig.suptitle(
+        f"Top-{k} recommendations by item popularity group\n(higher group = more popular)", fontsize=11
+    )
     return _save(fig, path)
 
 

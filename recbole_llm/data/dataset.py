@@ -13,6 +13,8 @@ re-splitting or augmenting them. This class adds what benchmark mode lacks:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,7 @@ class SharedSplitDataset(SequentialDataset):
                 "(set in properties/overall.yaml) instead of letting RecBole re-split the data."
             )
         ensure_prepared(config["dataset"], config["data_root"])
+        _check_not_empty(config)
         super().__init__(config)
 
     def _load_data(self, token, dataset_path):
@@ -102,10 +105,51 @@ class SharedSplitDataset(SequentialDataset):
                 f"Re-prepare it with `python -m recbole_llm.data prepare {self.dataset_name}` (it writes "
                 f"{self.dataset_name}.item with a `title:token` column) or set `title_field` to your column."
             )
-        ids = self.item_feat[field].tolist()
+        raw = self.item_feat[field]
+        raw = raw.numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw, dtype=np.float64)
+        ids = np.nan_to_num(raw, nan=0).astype(np.int64)  # 0 = RecBole's padding token: no title
+        untitled = np.flatnonzero(ids[1:] == 0) + 1
+        if len(untitled):
+            item_tokens = self.field2id_token[self.iid_field]
+            examples = ", ".join(str(item_tokens[i]) for i in untitled[:5])
+            file = f"{self.dataset_path}/{self.dataset_name}.item"
+            what = (
+                f"The catalogue of {self.dataset_name} is empty: {file} gives no `{field}` for any item"
+                if len(untitled) == len(ids) - 1
+                else f"{len(untitled)} of {len(ids) - 1} items of {self.dataset_name} have no `{field}` "
+                f"in {file} (e.g. {examples})"
+            )
+            raise ValueError(
+                f"{what}. An LLM recommender can only write items it has a title for: add the missing "
+                f"titles, or re-prepare with `python -m recbole_llm.data prepare {self.dataset_name}` "
+                "(it drops items without a title and the interactions that use them)."
+            )
         tokens = self.field2id_token[field]
         return [str(tokens[i]) for i in ids]
 
     def target_counts(self) -> torch.Tensor:
         """How often each item is a training target (length ``item_num``); the popularity used by IGD."""
         return torch.bincount(self.inter_feat[self.iid_field], minlength=self.item_num)
+
+
+def _check_not_empty(config) -> None:
+    """A split or catalogue file with only its header: RecBole would fail with ``max() arg is an empty sequence``."""
+    name, folder = config["dataset"], config["data_path"]
+    files = [f"{name}.{split}.inter" for split in config["benchmark_filename"] or ()] + [f"{name}.item"]
+    for file in files:
+        path = os.path.join(folder, file)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            rows = 0
+            for line in handle:
+                rows += bool(line.strip())
+                if rows == 2:  # a header and one row are enough: never read a whole big file
+                    break
+        if rows < 2:
+            what = "item catalogue" if file.endswith(".item") else f"{file.split('.')[-2]} split"
+            raise ValueError(
+                f"{path} holds no rows (header only): the {what} of {name} is empty. Prepare more data "
+                f"(`python -m recbole_llm.data prepare {name}` with a lower --kcore or a wider --start/--end) "
+                "or check the file."
+            )

@@ -337,10 +337,20 @@ def load_backbone(config: Any) -> tuple[Any, Any]:
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {path!r} has no EOS token; titles must end with one")
     if tokenizer.pad_token_id is None:
-        logger.info("tokenizer of %s has no pad token: using eos (%s) as pad", path, tokenizer.eos_token)
+        # What Hugging Face recipes do; harmless here since masks and labels come from lengths.
+        logger.warning(
+            "the tokenizer of %s has no pad token: using its EOS token %r as pad (set pad_token in its "
+            "tokenizer_config.json to silence this)",
+            path,
+            tokenizer.eos_token,
+        )
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and tokenizer.model_max_length > context:
+        # The prompt builder caps max_length at this, so no prompt outgrows the model's positions.
+        tokenizer.model_max_length = int(context)
 
     if tuning == "lora":
         model = _wrap_lora(model, config)

@@ -86,6 +86,9 @@ class LLMGenRec(SequentialRecommender):
         self._weights = item_token_weights(self.objective, lengths, token_ig)
         self._weight_totals = {name: table.sum(dim=1) for name, table in self._weights.items()}
 
+    # Set by the trainer (``log_ig_loss``): an ``IGLossTracker`` fed by every training forward pass.
+    ig_loss_tracker = None
+
     @property
     def loss_coefficients(self) -> dict[str, float]:
         return self.objective.coefficients
@@ -121,32 +124,74 @@ class LLMGenRec(SequentialRecommender):
 
         Only these rows go through the LM head: the prompt's logits are never needed.
         """
+        return self._run(batch, item_index)[0]
+
+    def _run(self, batch, item_index=None, past: tuple[Any, int] | None = None, keep_cache: bool = False):
+        """``(target logits, KV cache or None)``. ``past = (cache, n)`` runs only the tokens after the first
+        ``n`` of every prompt, whose keys/values are in ``cache``; ``keep_cache`` returns this pass's cache."""
         device = self.llm.device
-        embeds = self._embed(
-            batch.input_ids.to(device), batch.item_index if item_index is None else item_index
-        )
-        body = self.llm.get_decoder()
-        hidden = body(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(device)).last_hidden_state
+        index = batch.item_index if item_index is None else item_index
+        n = 0 if past is None else past[1]
+        embeds = self._embed(batch.input_ids[:, n:].to(device), index[:, n:])
+        mask = batch.attention_mask[:, n:].to(device)
+        kwargs: dict[str, Any] = {"use_cache": True} if keep_cache else {}
+        if past is not None:
+            mask = torch.cat([mask.new_ones(mask.shape[0], n), mask], 1)
+            positions = torch.arange(n, n + embeds.shape[1], device=device).expand(embeds.shape[0], -1)
+            kwargs = {"past_key_values": past[0], "use_cache": True, "position_ids": positions}
+        out = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         rows, cols = batch.predict_positions
-        return self.llm.get_output_embeddings()(hidden[rows.to(device), cols.to(device)])
+        logits = self.llm.get_output_embeddings()(
+            out.last_hidden_state[rows.to(device), (cols - n).to(device)]
+        )
+        return logits, (out.past_key_values if keep_cache else None)
+
+    def _counterfactual_logits(
+        self, batch, cache, cf_batch, cf_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The counterfactual pass, reusing the factual pass's ``cache`` for the leading tokens both prompts
+        share (the instruction: a third of an ml-100k prompt, most of CFT's counterfactual one). Causal
+        attention makes their keys/values identical, so only the rest of the counterfactual prompt runs."""
+        cf_index = cf_batch.item_index if cf_index is None else cf_index
+        n = 0
+        if cache is not None and not any(getattr(cache, "is_sliding", [True])):  # full-attention layers only
+            width = min(batch.input_ids.shape[1], cf_batch.input_ids.shape[1])
+            ids = torch.cat([batch.input_ids[:, :width], cf_batch.input_ids[:, :width]])
+            index = torch.cat([batch.item_index[:, :width], cf_index[:, :width].to(batch.item_index.device)])
+            same = ((ids == ids[:1]) & (index == index[:1])).all(dim=0)
+            n = min(int(same.long().cumprod(0).sum()), int(cf_batch.target_cols.min()) - 1)
+        if n <= 0:
+            return self._target_logits(cf_batch, item_index=cf_index)
+        cache.crop(n - cache.get_seq_length())  # keep the first n positions
+        return self._run(cf_batch, cf_index, past=(cache, n))[0]
 
     def forward(self, interaction) -> dict[str, torch.Tensor]:
         """Numerators of every active loss term for a micro-batch (the trainer divides by batch totals)."""
         histories = self._histories(interaction)
         targets = interaction[self.POS_ITEM_ID].tolist()
         batch = self.prompts.build(histories, targets)
-        logits = self._target_logits(batch)
+        # With a counterfactual pass, keep this pass's KV cache: both prompts start with the same instruction.
+        share = (
+            self.training and self.objective.needs_counterfactual and not self.llm.is_gradient_checkpointing
+        )
+        logits, cache = self._run(batch, keep_cache=share)
         device = logits.device
         token_items = torch.tensor(targets)[batch.target_rows]
         weights = gather_token_weights(self._weights, token_items, batch.target_t)
+        if self.training and self.ig_loss_tracker is not None:
+            # IGD §4.2.1 diagnostics: unweighted CE of the factual pass per token, with its IG (detached).
+            self.ig_loss_tracker.update_from_logits(
+                logits, batch.target_labels.to(device), self.item_token_ig[token_items, batch.target_t - 1]
+            )
         logits_cf = None
         if self.training and self.objective.needs_counterfactual:
             if self.objective.counterfactual_kind == "drop_history":
                 # No history: a much shorter prompt, padded to its own length only.
-                logits_cf = self._target_logits(self.prompts.build(histories, targets, counterfactual=True))
+                cf_batch = self.prompts.build(histories, targets, counterfactual=True)
+                logits_cf = self._counterfactual_logits(batch, cache, cf_batch)
             else:  # same_time_index (CETRec): the same tokens, every item at one temporal index
                 cf_index = counterfactual_index(batch.item_index, batch.history_len, self.cf_index_mode)
-                logits_cf = self._target_logits(batch, item_index=cf_index)
+                logits_cf = self._counterfactual_logits(batch, cache, batch, cf_index)
         terms = self.objective.combine(
             logits,
             batch.target_labels.to(device),

@@ -29,6 +29,7 @@ from lengths, so ``pad == eos`` is harmless.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -282,17 +283,35 @@ class PromptBuilder:
         cls, config: Any, tokenizer: Any, titles: Sequence[str], category: Any = None
     ) -> PromptBuilder:
         """Keys: prompt_template (+ prompt_* overrides), category, max_length, MAX_ITEM_LIST_LENGTH,
-        cft_counterfactual, cft_placeholder."""
-        return cls(
+        cft_counterfactual, cft_placeholder.
+
+        ``max_length`` is capped at the model's context (``tokenizer.model_max_length``, which
+        :func:`~recbole_llm.model.backbone.load_backbone` sets to ``max_position_embeddings``): longer
+        prompts lose their oldest history items, never the target.
+        """
+        max_length = int(_get(config, "max_length", 512))
+        context = getattr(tokenizer, "model_max_length", None)
+        if isinstance(context, int) and 0 < context < max_length:
+            logging.getLogger(__name__).warning(
+                "max_length=%d exceeds the model's context of %d tokens: using %d (the oldest history "
+                "items of long prompts are dropped)",
+                max_length,
+                context,
+                context,
+            )
+            max_length = context
+        builder = cls(
             tokenizer,
             titles,
             PromptTemplate.from_config(config),
             category if category is not None else _get(config, "category"),
-            max_length=int(_get(config, "max_length", 512)),
+            max_length=max_length,
             max_history=int(_get(config, "MAX_ITEM_LIST_LENGTH", 10)),
             counterfactual=str(_get(config, "cft_counterfactual", "placeholder")),
             placeholder=str(_get(config, "cft_placeholder", "None")),
         )
+        builder.check_max_length()
+        return builder
 
     # ----------------------------------------------------------------- pre-tokenisation
     def _encode(self, texts: list[str]) -> list[list[int]]:
@@ -392,6 +411,16 @@ class PromptBuilder:
         self._first_len = [len(x) for x in self._first]
         self._rest_len = [len(x) for x in self._rest]
         self.max_target_length = max(len(x) for x in self._target)
+
+    def check_max_length(self) -> None:
+        """Raise now if no prompt at all fits in ``max_length`` (else the first batch would say so)."""
+        shortest = self._fixed_len() + min(self._first_len[1:]) + min(len(x) for x in self._target[1:])
+        if shortest > self.max_length:
+            raise ValueError(
+                f"max_length={self.max_length} is too small: the fixed prompt alone takes {self._fixed_len()} "
+                f"tokens and the shortest prompt with one history item and a target {shortest}; raise "
+                f"max_length (>= {shortest + 2 * self.max_target_length} leaves room for a few history items)"
+            )
 
     # ----------------------------------------------------------------- public look-ups
     def target_tokens(self, item: int) -> list[int]:

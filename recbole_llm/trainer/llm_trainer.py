@@ -8,11 +8,13 @@ are scored by RecBole's own metric classes (``rec.topk``), exactly like SASRec's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,35 @@ from recbole.utils import EvaluatorType, early_stopping, get_local_time, set_col
 from tqdm.auto import tqdm
 
 from recbole_llm.trainer.batching import plan_epoch, shard
-from recbole_llm.utils.checkpoint import load_training_state, save_training_state
+from recbole_llm.utils.checkpoint import (
+    capture_rng_state,
+    load_training_state,
+    restore_rng_state,
+    save_training_state,
+)
+
+# Signals that stop training gracefully: finish the optimizer step, save a resumable state, exit.
+STOP_SIGNALS = {signal.SIGTERM: 143, signal.SIGINT: 130}  # exit codes 128 + signal number
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training was stopped by SIGTERM / SIGINT after a resumable state was saved in ``run_dir/last``.
+
+    A ``KeyboardInterrupt`` so that a broad ``except Exception`` never swallows the stop.
+    """
+
+    def __init__(self, run_dir: Path, signum: int):
+        self.run_dir = Path(run_dir)
+        self.signum = int(signum)
+        self.exit_code = STOP_SIGNALS.get(signum, 1)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        super().__init__(
+            f"Training stopped by {name}; its state is saved in {self.run_dir / 'last'}. "
+            f"Continue it with: python run_recbole_llm.py --resume={self.run_dir}"
+        )
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -55,12 +85,26 @@ def ranked_to_topk(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.cat([hits, torch.ones_like(hits[:, :1])], dim=1)
 
 
+def enable_deterministic_algorithms() -> None:
+    """Bit-reproducible GPU runs (``deterministic_algorithms: True``), at some speed cost.
+
+    RecBole's ``reproducibility`` only fixes cuDNN; CUDA matmuls (cuBLAS workspaces) and scatter/index
+    backward passes (atomic adds) stay non-deterministic unless PyTorch is told otherwise. The cuBLAS
+    setting must precede the first cuBLAS call, hence before the model reaches the GPU. Operations
+    without a deterministic kernel only warn (``warn_only``) instead of stopping the run.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 class LLMTrainer(Trainer):
     """Fine-tunes an :class:`~recbole_llm.model.LLMGenRec` and evaluates it generatively."""
 
     def __init__(self, config, model):
         from accelerate import Accelerator
 
+        if config["deterministic_algorithms"]:
+            enable_deterministic_algorithms()
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(config["mixed_precision"], bool(config["use_gpu"])),
             cpu=not (torch.cuda.is_available() and config["use_gpu"]),
@@ -76,7 +120,59 @@ class LLMTrainer(Trainer):
         self.start_step = 0
         self.global_step = 0
         self.scheduler = None
-        self._stop_requested = False
+        self._stop_signal: int | None = None  # set by the SIGTERM / SIGINT handler
+        self._resume_rng: dict[str, Any] | None = None  # restored right before the first step
+        # Running loss sums of the current epoch: saved mid-epoch, so a resumed epoch reports the same loss.
+        self._epoch_sums: dict[str, dict[str, float]] = {"sums": {}, "weight_sums": {}}
+        # RecBole names the TensorBoard folder after the first log file of the process (logging.basicConfig
+        # keeps the first handler: later runs of one process, or pytest's /dev/null handler, would share
+        # it); one folder per run, named like the run folder, keeps runs apart.
+        self.tensorboard = _own_tensorboard(self.tensorboard, self.run_dir.name)
+        self._check_config()
+
+    def _check_config(self) -> None:
+        """Settings first read at validation or test time, checked now: no typo may cost a finished training."""
+        config = self.config
+        valid = str(config["valid_metric"]).lower()
+        known = {f"{m.lower()}@{k}" for m in config["metrics"] for k in config["topk"]}
+        if valid != "loss" and valid not in known:
+            raise ValueError(
+                f"valid_metric={config['valid_metric']!r} is neither 'loss' nor one of the evaluated metrics "
+                f"({', '.join(sorted(known))}): pick one of them, or add its metric / K to metrics / topk."
+            )
+        model = self.model
+        if not hasattr(model, "recommend_histories"):
+            return
+        model._ig_alpha()  # raises for α outside [0, 1]
+        if config["fill"] not in (None, "none", "popularity"):
+            raise ValueError(f"fill={config['fill']!r}: use 'none' or 'popularity'.")
+        if int(config["decode_batch_size"] or 8) < 1:
+            raise ValueError(f"decode_batch_size={config['decode_batch_size']} must be >= 1.")
+        if config["length_penalty"] is not None:
+            try:
+                float(config["length_penalty"])
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"length_penalty={config['length_penalty']!r} must be a number (d3: 0, constrained: 1)."
+                ) from None
+        if model.decoder == "bigrec":
+            from recbole_llm.model.grounding import GROUNDING_RULES
+
+            if str(config["bigrec_rank"] or "bigrec") not in GROUNDING_RULES:
+                raise ValueError(
+                    f"bigrec_rank={config['bigrec_rank']!r}: choose one of {', '.join(GROUNDING_RULES)}."
+                )
+            return
+        gs = config["ensemble_weight"]
+        gs = 1.0 if gs is None else float(gs)
+        if not 0.0 <= gs <= 1.0:
+            raise ValueError(
+                f"ensemble_weight={gs} must be in [0, 1] (1 = the LLM alone, as without an ensemble)."
+            )
+        if gs < 1.0 and model._ensemble_model is None:
+            from recbole_llm.model.llm_gen_rec import load_ensemble_model
+
+            model._ensemble_model = load_ensemble_model(config, model.n_items)  # missing / mismatched: raises
 
     # ----------------------------------------------------------------- optimisation
     def _build_optimizer(self, **kwargs):
@@ -129,8 +225,9 @@ class LLMTrainer(Trainer):
             world_size=world,
         )
         self.model.train()
-        sums: dict[str, float] = {}
-        weight_sums: dict[str, float] = {}
+        if self.start_step == 0:
+            self._epoch_sums = {"sums": {}, "weight_sums": {}}
+        sums, weight_sums = self._epoch_sums["sums"], self._epoch_sums["weight_sums"]
         bar = tqdm(
             total=len(plan),
             initial=self.start_step,
@@ -146,7 +243,7 @@ class LLMTrainer(Trainer):
             for i, micro in enumerate(mine):
                 samples = dataset.inter_feat[torch.from_numpy(micro)].to(self.device)
                 sync = i == len(mine) - 1
-                ctx = self.accelerator.no_sync(self.model) if not sync else _nullcontext()
+                ctx = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
                 with ctx, self.accelerator.autocast():
                     numerators = self._micro_step(samples, denominators)
                 for name, value in numerators.items():
@@ -164,11 +261,8 @@ class LLMTrainer(Trainer):
             )
             bar.set_postfix(loss=f"{loss_now:.4f}")
             bar.update(1)
-            if self._should_checkpoint(step + 1, len(plan)):
-                self._save_resume_state(epoch_idx, step + 1)
-            if self._stop_requested:
-                self._save_resume_state(epoch_idx, step + 1)
-                raise KeyboardInterrupt(f"Stopped by signal; resume with --resume={self.run_dir}")
+            if self._should_checkpoint(step + 1, len(plan)) or self._stop_signal is not None:
+                self._save_resume_state(epoch_idx, step + 1)  # raises TrainingStopped after a stop signal
         bar.close()
         self.start_step = 0
         return tuple(sums[k] / max(weight_sums[k], 1e-12) for k in sorted(sums)) if sums else 0.0
@@ -204,7 +298,11 @@ class LLMTrainer(Trainer):
         if self.valid_metric == "loss":
             loss = self.validation_loss(valid_data, show_progress=show_progress)
             return loss, {"loss": round(loss, 6)}
-        return super()._valid_epoch(valid_data, show_progress=show_progress)
+        self._validating = True
+        try:
+            return super()._valid_epoch(valid_data, show_progress=show_progress)
+        finally:
+            self._validating = False
 
     # ----------------------------------------------------------------- fit
     def fit(
@@ -228,13 +326,27 @@ class LLMTrainer(Trainer):
             self._restore_training_state(self._resume_state)
             self._resume_state = None
         self.eval_collector.data_collect(train_data)
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM,)}
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._write_run_info()
+        self._setup_ig_loss_log()
+        if self._resume_rng is not None:  # last, so that nothing above shifts the restored streams
+            restore_rng_state(self._resume_rng)
+            self._resume_rng = None
+        self._stop_signal = None
+        previous = self._install_stop_handlers()
         try:
             return self._fit_epochs(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _install_stop_handlers(self) -> dict[int, Any]:
+        """Graceful SIGTERM / SIGINT during ``fit`` (signal handlers can only be set in the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_stop_signal)
+        return previous
 
     def _fit_epochs(self, train_data, valid_data, verbose, saved, show_progress, callback_fn):
         for epoch_idx in range(self.start_epoch, self.epochs):
@@ -244,6 +356,8 @@ class LLMTrainer(Trainer):
             if verbose:
                 self.logger.info(self._generate_train_loss_output(epoch_idx, t0, time.time(), train_loss))
             self._add_train_loss_to_tensorboard(epoch_idx, train_loss)
+            self._flush_ig_loss(epoch_idx, verbose)
+            self._last_epoch = epoch_idx
             if not valid_data or self.eval_step <= 0:
                 if saved:
                     self._save_best()
@@ -265,6 +379,8 @@ class LLMTrainer(Trainer):
                 )
                 self.logger.info(set_color("valid result", "blue") + f": {valid_result}")
             self.tensorboard.add_scalar("Valid_score", valid_score, epoch_idx)
+            for name, value in (valid_result or {}).items():
+                self.tensorboard.add_scalar(f"Valid/{name}", value, epoch_idx)
             if update_flag:
                 if saved:
                     self._save_best()
@@ -278,7 +394,80 @@ class LLMTrainer(Trainer):
                         f"Finished training, best eval result in epoch {epoch_idx - self.cur_step}"
                     )
                 break
+        self._add_hparam_to_tensorboard(self.best_valid_score)
+        self.tensorboard.flush()
         return self.best_valid_score, self.best_valid_result
+
+    # ----------------------------------------------------------------- logging
+    _last_epoch = 0
+    _validating = False
+
+    def _add_train_loss_to_tensorboard(self, epoch_idx, losses, tag="Loss/Train"):
+        """``Loss/Train`` = the objective's loss (Σ coefficient · term); ``Loss/Train/<term>`` with two terms.
+
+        ``_train_epoch`` returns one mean per loss term, in sorted term-name order.
+        """
+        names = sorted(self.unwrapped.objective.term_names)
+        if not isinstance(losses, tuple) or len(losses) != len(names):
+            return super()._add_train_loss_to_tensorboard(epoch_idx, losses, tag)
+        coef = self.unwrapped.loss_coefficients
+        total = sum(coef[k] * v for k, v in zip(names, losses, strict=True))
+        self.tensorboard.add_scalar(tag, total, epoch_idx)
+        if len(names) > 1:
+            for name, value in zip(names, losses, strict=True):
+                self.tensorboard.add_scalar(f"{tag}/{name}", value, epoch_idx)
+
+    def _write_run_info(self) -> None:
+        """``<run_dir>/run.json``: what ``load_trained`` and the analyses need to reload this run folder."""
+        if not self.accelerator.is_main_process:
+            return
+        from recbole_llm.utils.results import config_snapshot, jsonable, run_name
+
+        config = self.config
+        info = {
+            "run": run_name(config),
+            "model": config["model"],
+            "dataset": config["dataset"],
+            "objective": config["objective"],
+            "decoder": config["decoder"],
+            "checkpoint": str(self.run_dir / "best"),
+            "tensorboard_dir": os.path.abspath(self.tensorboard.log_dir),
+            "config": config_snapshot(config),
+            "overrides": {k: jsonable(v) for k, v in config.external_config_dict.items() if k != "resume"},
+        }
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "run.json", info)
+
+    def _setup_ig_loss_log(self) -> None:
+        """IGD §4.2.1: token loss by IG group per epoch to ``<run_dir>/ig_loss.csv`` and TensorBoard.
+
+        On unless ``log_ig_loss: False``; it costs one detached cross-entropy of the factual logits per
+        micro-batch. Under DDP only the main process logs (its shard of the tokens).
+        """
+        model = self.unwrapped
+        model.ig_loss_tracker = None
+        if self.config["log_ig_loss"] is False or not hasattr(model, "item_token_ig"):
+            return
+        if not self.accelerator.is_main_process:
+            return
+        from recbole_llm.analysis.ig_stats import IGLossTracker
+
+        model.ig_loss_tracker = IGLossTracker.for_token_table(
+            self.run_dir / "ig_loss.csv",
+            model.item_token_ig,
+            model.item_lengths,
+            model.popularity,
+            tensorboard=self.tensorboard,
+        )
+
+    def _flush_ig_loss(self, epoch_idx: int, verbose: bool) -> None:
+        tracker = getattr(self.unwrapped, "ig_loss_tracker", None)
+        if tracker is None:
+            return
+        means = tracker.flush(epoch_idx)
+        if verbose:
+            text = ", ".join(f"{g}: {v:.4f}" for g, v in means.items())
+            self.logger.info(set_color("token loss by IG group", "blue") + f": {text}")
 
     # ----------------------------------------------------------------- checkpoints
     def _save_best(self) -> None:
@@ -287,46 +476,100 @@ class LLMTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     def _save_resume_state(self, epoch: int, step: int) -> None:
-        """Everything needed to continue exactly here: weights, optimizer, scheduler, RNG, early stopping."""
-        if not self.accelerator.is_main_process:
-            self.accelerator.wait_for_everyone()
-            return
+        """Everything needed to continue exactly here: weights, optimizer, scheduler, RNG, early stopping.
+
+        Written to ``last.tmp`` and swapped in only when complete, so a kill at any moment leaves either
+        the previous or the new ``last`` (never a half-written one) for :meth:`resume_checkpoint`.
+        ``epoch``/``step`` say where to continue: step ``step`` of epoch ``epoch`` (step 0 = its start).
+        A pending stop signal ends training right after the state is saved (:class:`TrainingStopped`).
+        """
+        acc = self.accelerator
         tmp = self.run_dir / "last.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.unwrapped.save_checkpoint(tmp)
-        save_training_state(
-            tmp / "training_state",
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "global_step": self.global_step,
-                "cur_step": self.cur_step,
-                "best_valid_score": float(self.best_valid_score),
-                "best_valid_result": self.best_valid_result,
-                "train_loss_dict": {str(k): v for k, v in self.train_loss_dict.items()},
-            },
-        )
-        _replace_dir(tmp, self.run_dir / "last")
-        self.accelerator.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.unwrapped.save_checkpoint(tmp)
+            mid_epoch = step > 0
+            save_training_state(
+                tmp / "training_state",
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": capture_rng_state(),
+                    "epoch": epoch,
+                    "step": step,
+                    "global_step": self.global_step,
+                    "cur_step": self.cur_step,
+                    "best_valid_score": float(self.best_valid_score),
+                    "best_valid_result": self.best_valid_result,
+                    "train_loss_dict": {str(k): v for k, v in self.train_loss_dict.items()},
+                    "epoch_sums": self._epoch_sums if mid_epoch else {"sums": {}, "weight_sums": {}},
+                    "world_size": acc.num_processes,
+                },
+            )
+        if acc.num_processes > 1:  # every process's own RNG (dropout masks differ per process)
+            acc.wait_for_everyone()
+            if not acc.is_main_process:
+                save_training_state(tmp / f"rng_state.{acc.process_index}", {"rng": capture_rng_state()})
+            acc.wait_for_everyone()
+        if acc.is_main_process:
+            _replace_dir(tmp, self.run_dir / "last")
+        acc.wait_for_everyone()
+        if self._stop_signal is not None:
+            stop = TrainingStopped(self.run_dir, self._stop_signal)
+            self.logger.warning(str(stop))
+            raise stop
 
     _resume_state: dict[str, Any] | None = None
 
+    @staticmethod
+    def resume_folder(resume_file: str | os.PathLike) -> Path:
+        """The ``last`` checkpoint folder of a run folder (or that folder itself); never a ``*.tmp`` one.
+
+        A ``last.tmp`` may be half written (the run was killed while saving) and is never loaded; a
+        ``last.old`` exists without ``last`` only if the run was killed between the two renames of the
+        swap, and is then the newest complete state.
+        """
+        path = Path(resume_file)
+        if path.name.endswith(".tmp"):
+            raise ValueError(
+                f"{path} is a checkpoint that was still being written (it may be incomplete) and is never "
+                f"loaded: pass the run folder {path.parent} instead."
+            )
+        for candidate in (path / "last", path / "last.old"):
+            if (candidate / "training_state").is_file():
+                return candidate
+        if (path / "training_state").is_file():
+            return path
+        raise FileNotFoundError(
+            f"No resumable state in {resume_file}: pass the run folder printed by the interrupted run "
+            "(saved/LLMGenRec-<dataset>-<time>), which holds a `last/` checkpoint. A run killed before "
+            "its first checkpoint has none: start it again (lower checkpoint_steps to save more often)."
+        )
+
     def resume_checkpoint(self, resume_file):
         """Resume from a run folder (or its ``last`` sub-folder) written by this trainer."""
-        path = Path(resume_file)
-        if (path / "last").is_dir():
-            path = path / "last"
-        if not (path / "training_state").exists() and not any(path.glob("training_state*")):
-            raise FileNotFoundError(
-                f"No resumable state in {resume_file}: pass the run folder printed by the interrupted run "
-                "(saved/LLMGenRec-<dataset>-<time>), which holds a `last/` checkpoint."
-            )
+        path = self.resume_folder(resume_file)
         self.run_dir = path.parent
         self.saved_model_file = str(self.run_dir / "best")
-        self.unwrapped.load_checkpoint(path)
-        self._resume_state = load_training_state(path / "training_state")
+        try:
+            self.unwrapped.load_checkpoint(path)
+            self._resume_state = load_training_state(path / "training_state")
+        except ValueError as err:
+            raise ValueError(
+                f"Cannot resume from {path}: {err}. A damaged `last` usually means the disk filled up or the "
+                f"folder was copied partially; the run cannot continue from it, so train again (a new run)."
+            ) from err
+        rng_file = path / f"rng_state.{self.accelerator.process_index}"
+        if self.accelerator.process_index == 0:
+            self._resume_rng = self._resume_state.get("rng")
+        elif rng_file.is_file():
+            self._resume_rng = load_training_state(rng_file)["rng"]
+        saved_world = int(self._resume_state.get("world_size", 1))
+        if saved_world != self.accelerator.num_processes:
+            self.logger.warning(
+                f"{path} was written by {saved_world} process(es), resuming with "
+                f"{self.accelerator.num_processes}: training continues, but not bit-identically."
+            )
         self.logger.info(
             f"Resuming from {path}: epoch {self._resume_state['epoch']}, step {self._resume_state['step']}"
         )
@@ -341,10 +584,25 @@ class LLMTrainer(Trainer):
         self.best_valid_score = float(state["best_valid_score"])
         self.best_valid_result = state.get("best_valid_result")
         self.train_loss_dict = {int(k): v for k, v in (state.get("train_loss_dict") or {}).items()}
+        sums = state.get("epoch_sums") or {}
+        self._epoch_sums = {
+            "sums": dict(sums.get("sums") or {}),
+            "weight_sums": dict(sums.get("weight_sums") or {}),
+        }
 
-    def _on_sigterm(self, signum, frame):  # noqa: ARG002 - signal handler signature
-        """Finish the current optimizer step, save a resumable state, then stop (no work lost)."""
-        self._stop_requested = True
+    def _on_stop_signal(self, signum, frame):  # noqa: ARG002 - signal handler signature
+        """Finish the current optimizer step, save a resumable state, then stop (no work lost).
+
+        A second signal of the same kind stops at once (the default handler is back in place).
+        """
+        self._stop_signal = signum
+        signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
+        # os.write, not logging: a handler may interrupt the main thread in the middle of a log write.
+        os.write(
+            2,
+            f"\n{signal.Signals(signum).name} received: finishing the current step, then saving to "
+            f"{self.run_dir / 'last'} (send it again to stop at once, losing the current step)\n".encode(),
+        )
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -362,7 +620,7 @@ class LLMTrainer(Trainer):
         model.eval()
         k = max(self.config["topk"])
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        rows, items = [], []
+        done: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (batch index, topk rows, ranked items)
         iid = self.config["ITEM_ID_FIELD"]
         batches = tqdm(
             eval_data,
@@ -377,29 +635,41 @@ class LLMTrainer(Trainer):
             interaction = batched_data[0].to(self.device)
             with self.accelerator.autocast():
                 ranked = model.recommend(interaction, k)
-            rows.append(ranked_to_topk(ranked, interaction[iid]).cpu())
-            items.append(ranked.cpu())
-        topk = torch.cat(rows) if rows else torch.zeros((0, k + 1), dtype=torch.int)
-        ranked_items = torch.cat(items) if items else torch.zeros((0, k), dtype=torch.long)
+            done.append((batch_idx, ranked_to_topk(ranked, interaction[iid]).cpu(), ranked.cpu()))
         if world > 1:
-            topk = self.accelerator.gather_for_metrics(topk.to(self.device), use_gather_object=True).cpu()
-            ranked_items = self.accelerator.gather_for_metrics(
-                ranked_items.to(self.device), use_gather_object=True
-            ).cpu()
+            # Each process scored every world-th batch: collect the CPU tensors (pickled objects, not
+            # padded device tensors, so uneven shares are fine) and restore the dataloader's order.
+            from accelerate.utils import gather_object
+
+            done = sorted(gather_object(done), key=lambda entry: entry[0])
+        topk = torch.cat([t for _, t, _ in done]) if done else torch.zeros((0, k + 1), dtype=torch.int)
+        ranked_items = torch.cat([r for _, _, r in done]) if done else torch.zeros((0, k), dtype=torch.long)
         struct = self.eval_collector.get_data_struct()
         struct.set("rec.topk", topk)
         struct.set("rec.items", ranked_items.clamp_min(0))
         result = self.evaluator.evaluate(struct)
         self.last_ranked_items = ranked_items
+        if not self._validating and self.accelerator.is_main_process:
+            for name, value in result.items():
+                self.tensorboard.add_scalar(f"Test/{name}", value, self._last_epoch)
+            self.tensorboard.flush()
         return result
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
+def _own_tensorboard(writer, name: str):
+    """Replace RecBole's writer by one writing to ``log_tensorboard/<name>``; drop its empty events file."""
+    from torch.utils.tensorboard import SummaryWriter
 
-    def __exit__(self, *exc):
-        return False
+    event_writer = getattr(writer._get_file_writer(), "event_writer", None)
+    empty = Path(getattr(event_writer, "_file_name", "") or "")
+    writer.close()
+    if empty.name.startswith("events.out.tfevents."):
+        try:
+            empty.unlink()
+            empty.parent.rmdir()  # only if nothing else (another run) writes there
+        except OSError:
+            pass
+    return SummaryWriter(os.path.join("log_tensorboard", name))
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -1,0 +1,108 @@
+"""The benchmark command: a smoke run writes every key of the JSON, and the decoder comparison really
+compares outputs (a wrong decoder is caught)."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from benchmarks import TARGETS
+from benchmarks.__main__ import main
+from benchmarks.catalogue import synthetic_titles
+from benchmarks.decoder import compare_rankings, run_decoder
+from benchmarks.report import markdown_table, passes
+from recbole_llm.model.decoding import constrained_beam_search
+from recbole_llm.model.trie import TitleTrie
+from tests.fixtures import write_prepared
+from tests.test_decoding import CAT_A, LLAMA, PROMPTS
+
+
+def test_quick_run_writes_every_key(tmp_path):
+    write_prepared(tmp_path / "data")
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        code = main(
+            ["--quick", "--out", str(out), "--dataset", "tiny", "--data-path", str(tmp_path / "data")]
+            + ["--users", "3", "--trie-items", "500"]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert isinstance(res["machine"], str) and "torch" in res["machine"] and "cores" in res["machine"]
+    assert set(res["step_ratio"]) == {"pos", "cft", "cetrec", "igd"}
+    assert all(v > 0 for v in res["step_ratio"].values())
+    assert res["decoder_speedup"] > 0 and res["decoder"]["users"] == 3
+    # The comparison ran on every user and found the outputs identical.
+    assert res["decoder_outputs_identical"] is True
+    ident = res["decoder"]["identical"]
+    assert ident["users"] == 3 and ident["users_same_order"] + ident["users_tie_swaps"] == 3
+    assert 0.0 <= res["padding_share"] < 1.0
+    assert res["padding"]["padding_share_unsorted"] >= res["padding_share"]
+    assert res["trie_build_seconds"] > 0 and res["trie_build_peak_mb"] > 0
+    assert res["trie"]["items"] == 500
+    assert res["gpu"] is None and res["load_average"]["start"]
+    assert set(res["met"]) == set(TARGETS)
+    assert "| decoder" in markdown_table(res)
+
+
+def _ranked(leaves, scores):
+    return torch.tensor(leaves), torch.tensor(scores, dtype=torch.float32)
+
+
+def test_compare_rankings_accepts_only_ties_as_reorderings():
+    ninf = float("-inf")
+    ref = _ranked([[3, 1, 2, -1]], [[-1.0, -2.0, -2.0, ninf]])
+    assert compare_rankings(ref, ref)["identical"]
+    tie_swap = _ranked([[3, 2, 1, -1]], [[-1.0, -2.0, -2.0, ninf]])
+    res = compare_rankings(tie_swap, ref)
+    assert res["identical"] and res["users_tie_swaps"] == 1
+    wrong_order = _ranked([[1, 3, 2, -1]], [[-1.0, -2.0, -2.0, ninf]])  # same scores, titles moved
+    assert not compare_rankings(wrong_order, ref)["identical"]
+    other_title = _ranked([[3, 1, 4, -1]], [[-1.0, -2.0, -2.0, ninf]])
+    assert not compare_rankings(other_title, ref)["identical"]
+    other_score = _ranked([[3, 1, 2, -1]], [[-1.0, -2.0, -2.01, ninf]])
+    assert "scores differ" in compare_rankings(other_score, ref)["first_mismatch"]
+    shorter = _ranked([[3, 1, -1, -1]], [[-1.0, -2.0, ninf, ninf]])
+    assert not compare_rankings(shorter, ref)["identical"]
+
+
+def _fake_model(trie):
+    return SimpleNamespace(llm=LLAMA, trie=trie, prompts=SimpleNamespace(pad_token_id=0))
+
+
+def test_decoder_benchmark_passes_ours_and_catches_a_wrong_decoder():
+    trie = TitleTrie.build(CAT_A, list(range(1, len(CAT_A) + 1)))
+    res = run_decoder(_fake_model(trie), PROMPTS, num_beams=4, batch_size=2, log=lambda _: None)
+    assert res["identical"]["identical"] and res["identical"]["users"] == len(PROMPTS)
+    assert res["speedup"] > 0
+
+    def swapped(*args, **kwargs):  # our decoder with ranks 1 and 2 of every user exchanged
+        leaves, scores = constrained_beam_search(*args, **kwargs)
+        return leaves[:, [1, 0, 2, 3]], scores
+
+    with pytest.raises(AssertionError, match="differ from generate"):
+        run_decoder(
+            _fake_model(trie), PROMPTS, num_beams=4, batch_size=2, fast_fn=swapped, log=lambda _: None
+        )
+
+
+def test_synthetic_catalogue_is_books_like_and_deterministic():
+    seqs, weights = synthetic_titles(3000, seed=1)
+    again, _ = synthetic_titles(3000, seed=1)
+    assert seqs == again and len(seqs) == 3000 and len(weights) == 3000
+    assert all(s[-1] == 2 and 2 not in s[:-1] for s in seqs)  # EOS once, at the end
+    mean = sum(len(s) for s in seqs) / len(seqs)
+    assert 12 < mean < 30
+    trie = TitleTrie.build(seqs, list(range(1, 3001)), weights)
+    assert trie.num_leaves < 3000  # duplicate titles share a leaf
+    assert trie.num_nodes < sum(len(s) for s in seqs) * 0.9  # shared prefixes
+
+
+def test_targets_are_checked_in_the_right_direction():
+    assert passes("decoder_speedup", 5.0) and not passes("decoder_speedup", 4.9)
+    assert passes("step_ratio.cft", 1.4) and not passes("step_ratio.cft", 1.41)
+    assert passes("padding_share", 0.099) and not passes("padding_share", 0.1)
+    assert passes("trie_build_peak_mb", 1000) is True and passes("trie_build_peak_mb", None) is None
