@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) run_recbole_llm.py --model=SASRec --dataset=$(DATASET) --eval_sample_num=$(EVAL_SAMPLES)
+	$(PY) run_recbole_llm.py --model=SASRec --dataset=$(DATASET) --eval_sample_num=$(EVAL_SAMPLES) --epochs=10
 	$(PY) run_recbole_llm.py --model=LLMGenRec --objective=$(OBJECTIVE) --dataset=$(DATASET) --eval_sample_num=$(EVAL_SAMPLES)
 	$(PY) -m recbole_llm.analysis compare results/$(DATASET) --base SASRec
 

@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--decode-batch", type=int, default=16, help="users decoded together by our decoder")
     p.add_argument("--micro-batch", type=int, default=None, help="training micro-batch (default 4; 2 quick)")
-    p.add_argument("--reps", type=int, default=None, help="training repetitions (default 3; 1 with --quick)")
+    p.add_argument("--reps", type=int, default=None, help="training rounds, at least (default 3; 1 quick)")
+    p.add_argument("--max-reps", type=int, default=6, help="training rounds, at most (default 6)")
+    p.add_argument(
+        "--train-budget", type=float, default=240.0, help="no new training round after this many seconds"
+    )
     p.add_argument(
         "--trie-items", type=int, default=None, help="catalogue size (default 41,722; 2,000 quick)"
     )
@@ -59,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
+def run(args: argparse.Namespace, log=print, workload=None) -> dict[str, Any]:
+    """Run the selected benchmarks; ``workload`` (from :func:`load_workload`) skips loading (tests)."""
     quick = args.quick
     backbone = args.backbone or ("tiny" if quick else "smollm2")
     users = args.users or (4 if quick else 16)
@@ -92,7 +97,8 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
             "length_penalty": 0.0,
             "ig_alpha": 0.0,
             "micro_batch": micro_batch,
-            "repetitions": reps,
+            "training_rounds": [reps, reps if quick else max(reps, args.max_reps)],
+            "training_budget_seconds": args.train_budget,
             "trie_items": trie_items,
             "threads": threads,
         },
@@ -105,10 +111,11 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     if args.device != "cpu":
         result["gpu_note"] = f"measured on {info.get('gpu_name', args.device)}"
 
-    workload = None
-    if {"decoder", "training", "padding"} & set(only):
+    if workload is None and {"decoder", "training", "padding"} & set(only):
         log(f"loading {args.dataset} and {backbone} ({args.dtype}, {threads} thread(s)) ...")
         workload = load_workload(backbone, args.dataset, args.data_path, users, args.device, args.dtype)
+    if workload is not None:
+        result["settings"]["backbone"] = workload.backbone
         result["settings"]["load_seconds"] = round(workload.load_seconds, 1)
 
     if "decoder" in only:
@@ -138,9 +145,17 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     if "training" in only:
         from benchmarks.training import run_training
 
-        log(f"[2/4] training steps: micro-batch {micro_batch}, {reps} repetitions (+1 warm-up)")
+        max_reps = reps if quick else max(reps, args.max_reps)
+        log(f"[2/4] training steps: micro-batch {micro_batch}, {reps}-{max_reps} rounds (+1 warm-up)")
         t0 = time.perf_counter()
-        tr = run_training(workload, micro_batch=micro_batch, repetitions=reps, log=log)
+        tr = run_training(
+            workload,
+            micro_batch=micro_batch,
+            repetitions=reps,
+            max_repetitions=max_reps,
+            budget_seconds=args.train_budget,
+            log=log,
+        )
         result["training"] = tr
         result["step_ratio"] = tr["step_ratio"]
         result["step_seconds"] = tr["step_seconds"]
@@ -183,9 +198,9 @@ def run_trie_child(items: int, repeats: int, threads: int) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, workload=None) -> int:
     args = build_parser().parse_args(argv)
-    result = run(args)
+    result = run(args, workload=workload)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -93,7 +93,8 @@ def details(result: dict[str, Any]) -> str:
     if dec:
         ident = dec["identical"]
         out.append(
-            f"decoder: {dec['users']} users, {dec['num_beams']} beams, batch {dec['batch_size']}: ours "
+            f"decoder ({dec['clock']}): {dec['users']} users, {dec['num_beams']} beams, batch "
+            f"{dec['batch_size']}: ours "
             f"{dec['ours_users_per_s']:.3f} users/s, generate() {dec['reference_users_per_s']:.3f} users/s; "
             f"outputs identical: {ident['identical']} ({ident['users_same_order']} same order, "
             f"{ident['users_tie_swaps']} tie swaps, max |score diff| {ident['max_score_diff']:.2g})"
@@ -104,8 +105,8 @@ def details(result: dict[str, Any]) -> str:
         tok = tr["tokens_per_micro_batch"]
         cf = f", CFT counterfactual {tok['cft_counterfactual']:.0f}" if "cft_counterfactual" in tok else ""
         out.append(
-            f"training: micro-batch {tr['micro_batch']}, median of {tr['repetitions']}: {secs}; padded tokens "
-            f"per micro-batch: factual {tok['factual']:.0f}{cf}"
+            f"training: micro-batch {tr['micro_batch']}, best of {tr['repetitions']} rounds ({tr['clock']}): "
+            f"{secs}; padded tokens per micro-batch: factual {tok['factual']:.0f}{cf}"
         )
     pad = result.get("padding")
     if pad:

@@ -24,8 +24,21 @@ def create_dataset(config: Config) -> SharedSplitDataset:
     return SharedSplitDataset(config)
 
 
+def set_cpu_threads(threads: Any) -> None:
+    """``cpu_threads``: torch's intra-op threads. On a machine whose cores other jobs also use, 1 thread is
+    4-17x faster than oversubscribed OpenMP threads (measured on 2 shared cores: SASRec 4.9 vs 0.3 it/s)."""
+    if threads is None:
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"cpu_threads={threads!r} must be a positive integer (or ~ for torch's default).")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def load_run(config: Config, quiet: bool = False):
     """Build dataset, dataloaders, model and trainer for ``config`` (shared by training, tuning and reload)."""
+    set_cpu_threads(config["cpu_threads"])
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)

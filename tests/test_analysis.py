@@ -120,9 +120,14 @@ def test_keep_all_and_fingerprint_warning(results_dir):
     assert set(table["test_set"]) == {"A", "B"}
 
 
-def test_base_must_be_unambiguous(results_dir):
+def test_base_run_name_of_several_rows_is_the_newest_and_prefixes_must_be_unambiguous(results_dir, capsys):
+    table = cmp.comparison_table(cmp.load_results([results_dir]), base="LLMGenRec-cft-d3")
+    assert table.loc[table["is_base"], "label"].tolist() == ["LLMGenRec-cft-d3 (lambda=0.05)"]  # newest
+    row = table.set_index("label").loc["LLMGenRec-cft-d3 (lambda=0.1)"]
+    assert row["hit@10_improv"] == pytest.approx(0.12 / 0.09 - 1)
+    assert "using the newest" in capsys.readouterr().err
     with pytest.raises(ValueError, match="several rows"):
-        cmp.comparison_table(cmp.load_results([results_dir]), base="LLMGenRec-cft-d3")
+        cmp.comparison_table(cmp.load_results([results_dir]), base="LLMGenRec")
     with pytest.raises(ValueError, match="matches no row"):
         cmp.comparison_table(cmp.load_results([results_dir]), base="Caser")
 
@@ -675,9 +680,11 @@ def test_every_command_on_a_finished_llm_run(finished_llm_run, monkeypatch):
     assert np.allclose(shares.groupby("condition")["share"].sum(), 1.0)
     assert shares.loc[shares["condition"] == "with_history", "count"].sum() == 4 * 10  # 4 users x top-10
 
-    files = main(["temporal", run_dir, "--max-users", "4", "--output", str(out)])
+    files = main(["temporal", run_dir, "--output", str(out)])
     frame = pd.read_csv(files["csv"]).set_index("metric")
-    assert frame.loc["hit@10", "n_users"] == 4
+    assert frame.loc["hit@10", "n_users"] == 6
+    for metric, value in llm["test_result"].items():  # the analysis decodes exactly like the run's test
+        assert frame.loc[metric, "original"] == pytest.approx(value, abs=1e-4)
     assert set(frame.index) >= {"hit@5", "ndcg@10", "list_changed@10", "set_changed@10"}
 
     files = main(["ig-stats", run_dir, "--max-users", "4", "--k", "5", "--output", str(out)])
@@ -698,3 +705,37 @@ def test_every_command_on_a_finished_llm_run(finished_llm_run, monkeypatch):
         "ig_entropy_steps.png",
         "ig_loss.png",
     }
+
+
+def test_ig_loss_command_on_a_single_epoch(tmp_path):
+    tracker = IGLossTracker(tmp_path / "run" / "ig_loss.csv", threshold=1.0)
+    tracker.update(torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0.0, 0.5, 2.0]))
+    tracker.flush(0)
+    files = run_ig_loss([tmp_path / "run" / "ig_loss.csv"], output=tmp_path / "out")
+    frame = pd.read_csv(files["csv"]).set_index("group")
+    assert frame["mean_loss"].to_dict() == {"zero": 1.0, "low": 3.0, "high": 5.0}
+    assert files["png"].stat().st_size > 1000
+
+
+class _PrecisionProbe(FakeGenerative):
+    def __init__(self, mixed_precision):
+        super().__init__([[]])
+        self.config = {"mixed_precision": mixed_precision, "device": "cpu"}
+        self.seen = None
+
+    def recommend_histories(self, histories, k, without_history=False):
+        self.seen = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        return super().recommend_histories(histories, k, without_history)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("bf16", (True, torch.bfloat16)), ("no", (False, None))])
+def test_analyses_decode_under_the_runs_own_precision(setting, expected):
+    """bf16 evaluation (mixed_precision auto on a bf16 CPU) must not be re-decoded in fp32 by the analyses."""
+    from recbole.data.interaction import Interaction
+
+    model = _PrecisionProbe(setting)
+    inter = Interaction({"item_id_list": torch.tensor([[1, 2, 0]]), "item_length": torch.tensor([2])})
+    assert rank_items(model, inter, 3).tolist() == [[2, 1, -1]]
+    enabled, dtype = model.seen
+    assert enabled == expected[0] and (expected[1] is None or dtype == expected[1])
+    assert not torch.is_autocast_enabled("cpu")  # restored afterwards

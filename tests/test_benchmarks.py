@@ -12,21 +12,30 @@ from benchmarks.__main__ import main
 from benchmarks.catalogue import synthetic_titles
 from benchmarks.decoder import compare_rankings, run_decoder
 from benchmarks.report import markdown_table, passes
+from benchmarks.workload import load_workload
 from recbole_llm.model.decoding import constrained_beam_search
+from recbole_llm.model.temporal import counterfactual_index
 from recbole_llm.model.trie import TitleTrie
 from tests.fixtures import write_prepared
 from tests.test_decoding import CAT_A, LLAMA, PROMPTS
 
 
-def test_quick_run_writes_every_key(tmp_path):
-    write_prepared(tmp_path / "data")
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory):
+    data = tmp_path_factory.mktemp("bench") / "data"
+    write_prepared(data)
+    threads = torch.get_num_threads()
+    try:
+        yield load_workload("tiny", "tiny", str(data), eval_samples=3)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_quick_run_writes_every_key(tmp_path, workload):
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
-        code = main(
-            ["--quick", "--out", str(out), "--dataset", "tiny", "--data-path", str(tmp_path / "data")]
-            + ["--users", "3", "--trie-items", "500"]
-        )
+        code = main(["--quick", "--out", str(out), "--users", "3", "--trie-items", "500"], workload=workload)
     finally:
         torch.set_num_threads(threads)
     assert code == 0
@@ -106,3 +115,42 @@ def test_targets_are_checked_in_the_right_direction():
     assert passes("step_ratio.cft", 1.4) and not passes("step_ratio.cft", 1.41)
     assert passes("padding_share", 0.099) and not passes("padding_share", 0.1)
     assert passes("trie_build_peak_mb", 1000) is True and passes("trie_build_peak_mb", None) is None
+
+
+@pytest.mark.parametrize("objective", ["cft", "cetrec"])
+def test_counterfactual_pass_reuses_the_instruction_kv_exactly(workload, objective):
+    """Training speed: the counterfactual pass runs only what follows the shared instruction, and gives
+    the same logits and gradients as running the whole counterfactual prompt."""
+    model = workload.model(objective)
+    model.train()
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in model.llm.modules())  # comparable
+    inter = workload.train.inter_feat[:4]
+    hist, targets = model._histories(inter), inter[model.POS_ITEM_ID].tolist()
+    batch = model.prompts.build(hist, targets)
+    if objective == "cft":
+        cf_batch, cf_index = model.prompts.build(hist, targets, counterfactual=True), None
+    else:
+        cf_batch = batch
+        cf_index = counterfactual_index(batch.item_index, batch.history_len, model.cf_index_mode)
+    widths = []
+    body = model.llm.get_decoder()
+    handle = body.register_forward_pre_hook(
+        lambda mod, args, kw: widths.append(kw["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    try:
+        _, cache = model._run(batch, keep_cache=True)
+        shared = model._counterfactual_logits(batch, cache, cf_batch, cf_index)
+        plain = model._counterfactual_logits(batch, None, cf_batch, cf_index)
+    finally:
+        handle.remove()
+        model.eval()
+    n_prefix = len(model.prompts.prefix_ids)
+    assert widths[1] == cf_batch.input_ids.shape[1] - n_prefix  # the instruction did not run again
+    assert widths[2] == cf_batch.input_ids.shape[1]
+    torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-5)
+    params = [p for p in model.llm.parameters() if p.requires_grad][:3]
+    g_shared = torch.autograd.grad(shared.square().sum(), params, retain_graph=True, allow_unused=True)
+    g_plain = torch.autograd.grad(plain.square().sum(), params, allow_unused=True)
+    for a, b in zip(g_shared, g_plain):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

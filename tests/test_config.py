@@ -51,3 +51,22 @@ def test_yaml_is_loaded_safely(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["run"])
     with pytest.raises(Exception, match="python/object"):
         Config(model="SASRec", dataset="ml-100k", config_file_list=[str(bad)])
+
+
+def test_cpu_threads_sets_torch_threads_and_rejects_bad_values():
+    import pytest
+    import torch
+
+    from recbole_llm.quick_start import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+        set_cpu_threads(None)  # torch's default is left alone
+        assert torch.get_num_threads() == 1
+        for bad in (0, -2, "two", True):
+            with pytest.raises(ValueError, match="cpu_threads"):
+                set_cpu_threads(bad)
+    finally:
+        torch.set_num_threads(before)

@@ -413,8 +413,9 @@ def test_shared_prefix_runs_once_and_prompt_kv_is_stored_once_per_user(monkeypat
     assert calls[0][0] == (1, 6) and calls[0][1] is None
     assert calls[1][0] == (3, 9) and calls[1][1].shape == (3, 15)
     assert calls[1][1][:, :6].all() and calls[1][1][0].tolist() == [1] * 6 + [0] * 7 + [1, 1]
-    # Decoding steps go through the shared-prompt attention: 12 beam rows, but the prompt KV has 3 rows.
-    assert seen and all(q == 12 and p == 3 and g == 12 for q, p, g in seen)
+    # Decoding steps go through the shared-prompt attention: 12 beam rows, but the prompt KV has 3 rows
+    # (later fewer, once finished users are dropped: always 4 beam rows per prompt row).
+    assert seen and seen[0] == (12, 3, 12) and all(q == 4 * p and g == q for q, p, g in seen)
     assert LLAMA.config._attn_implementation == "sdpa"  # restored after decoding
 
 

@@ -13,6 +13,7 @@ Heavy imports (RecBole data, the LLM) happen inside functions so ``compare`` sta
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -47,20 +48,42 @@ def histories_of(interaction, seq_field: str, len_field: str) -> list[list[int]]
     return [row[:n].tolist() for row, n in zip(seq, lens, strict=True)]
 
 
+def decoding_precision(model):
+    """The autocast the trainer evaluated this model under (``mixed_precision``), so analyses decode alike.
+
+    ``mixed_precision: auto`` is bf16 on a bf16-capable GPU or CPU (AVX512-BF16/AMX): beams decoded in fp32
+    there can differ from the run's own test lists, and the analyses would not describe that run.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not is_generative(model):
+        return contextlib.nullcontext()
+    from recbole_llm.trainer.llm_trainer import resolve_mixed_precision
+
+    device = model_device(model, config)
+    device_type = torch.device(device).type if device is not None else "cpu"
+    precision = resolve_mixed_precision(config["mixed_precision"], device_type == "cuda")
+    if precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
 @torch.no_grad()
 def rank_items(model, interaction, k: int, without_history: bool = False) -> torch.Tensor:
     """Top-``k`` internal item ids ``[B, k]`` (CPU, ``-1`` pads short lists) for any sequential model.
 
-    LLMGenRec decodes (``recommend_histories``); RecBole baselines score the catalogue with
+    LLMGenRec decodes (``recommend_histories``) under the run's own autocast (:func:`decoding_precision`);
+    RecBole baselines score the catalogue with
     ``full_sort_predict`` and take the top-k with the padding item 0 excluded, exactly as RecBole's
     full-sort evaluation does.
     """
     if is_generative(model):
         histories = histories_of(interaction, model.ITEM_SEQ, model.ITEM_SEQ_LEN)
-        if without_history:
-            ranked = model.recommend_histories(histories, k, without_history=True)
-        else:
-            ranked = model.recommend_histories(histories, k)
+        with decoding_precision(model):
+            if without_history:
+                ranked = model.recommend_histories(histories, k, without_history=True)
+            else:
+                ranked = model.recommend_histories(histories, k)
         return ranked.cpu().long()
     if without_history:
         raise ValueError(
@@ -221,6 +244,7 @@ def default_output(trained) -> Path:
 __all__ = [
     "Run",
     "batch_size_for",
+    "decoding_precision",
     "default_output",
     "evaluate_ranked",
     "histories_of",

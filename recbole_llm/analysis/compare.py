@@ -205,11 +205,26 @@ def _isnan(x: Any) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
-def _resolve_base(base: str, labels: list[str], runs: list[str]) -> int:
+def _resolve_base(base: str, labels: list[str], runs: list[str], created: list[str] | None = None) -> int:
+    """Row of ``base``: an exact label, else a run name (``SASRec``), else a unique label prefix.
+
+    A run name shared by several rows (e.g. SASRec trained twice with different settings) resolves to
+    the newest of them, with a note naming the others, so ``make demo`` keeps working on a results
+    folder that holds older runs.
+    """
     if base in labels:
         matches = [i for i, label in enumerate(labels) if label == base]
         return matches[-1]
     matches = [i for i, run in enumerate(runs) if run == base]
+    if len(matches) > 1 and created is not None:
+        newest = max(matches, key=lambda i: (str(created[i] or ""), i))
+        others = "; ".join(labels[i] for i in matches if i != newest)
+        print(
+            f"[compare] --base {base!r} matches {len(matches)} rows: using the newest, {labels[newest]!r} "
+            f"(others: {others}); pass an exact label to choose another.",
+            file=sys.stderr,
+        )
+        return newest
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -276,7 +291,9 @@ def comparison_table(
                 table.at[i, "test_set"] = codes[fp]
         if base is None:
             continue
-        base_i = list(idx)[_resolve_base(base, sub["label"].tolist(), sub["run"].tolist())]
+        base_i = list(idx)[
+            _resolve_base(base, sub["label"].tolist(), sub["run"].tolist(), sub["created"].tolist())
+        ]
         table.at[base_i, "is_base"] = True
         for m in metrics:
             table.loc[idx, f"{m}_improv"] = [relative_improvement(v, table.at[base_i, m]) for v in sub[m]]

@@ -34,14 +34,19 @@ def grouped_bars(
     ylabel: str,
     percent: bool = False,
     annotate: bool = True,
+    colors: dict[str, str] | None = None,
 ) -> None:
-    """Bars of several series side by side for each category (NaN bars are left out)."""
+    """Bars of several series side by side for each category (NaN bars are left out).
+
+    ``colors`` fixes a series' colour, so one condition looks the same in every panel.
+    """
     n = max(1, len(series))
     width = 0.8 / n
     for i, (name, values) in enumerate(series.items()):
         xs = [c + (i - (n - 1) / 2) * width for c in range(len(categories))]
         heights = [0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in values]
-        bars = ax.bar(xs, [h * (100 if percent else 1) for h in heights], width, label=name)
+        color = (colors or {}).get(name)
+        bars = ax.bar(xs, [h * (100 if percent else 1) for h in heights], width, label=name, color=color)
         if annotate and len(categories) * n <= 40:
             fmt = "{:.1f}" if percent else "{:.3g}"
             ax.bar_label(bars, labels=[fmt.format(h * (100 if percent else 1)) for h in heights], fontsize=7)
@@ -65,10 +70,24 @@ def plot_comparison(table: pd.DataFrame, metrics: Sequence[str], path: str | Pat
     axes = [axes] if len(datasets) == 1 else list(axes)
     for ax, dataset in zip(axes, datasets, strict=True):
         sub = table[table["dataset"] == dataset]
-        series = {row["label"]: [row[m] for m in metrics] for _, row in sub.iterrows()}
+        several_sets = "test_set" in sub and len({c for c in sub["test_set"] if c}) > 1
+        series = {
+            row["label"] + (f" [test set {row['test_set']}]" if several_sets else ""): [
+                row[m] for m in metrics
+            ]
+            for _, row in sub.iterrows()
+        }
         grouped_bars(ax, [metric_title(m) for m in metrics], series, "test metric", annotate=len(series) <= 6)
         ax.set_title(f"{dataset}: test metrics")
     return _save(fig, path)
+
+
+CONDITION_COLORS = {
+    "with history": "tab:blue",
+    "without history": "tab:orange",
+    "history items": "tab:gray",
+    "test targets": "tab:green",
+}
 
 
 def plot_popularity(frame: pd.DataFrame, path: str | Path, k: int) -> Path:
@@ -92,7 +111,15 @@ def plot_popularity(frame: pd.DataFrame, path: str | Path, k: int) -> Path:
         names = [
             f"G{g}" + (" (least)" if g == groups[0] else " (most)" if g == groups[-1] else "") for g in groups
         ]
-        grouped_bars(ax, names, series, "share of top-K items", percent=True, annotate=len(groups) <= 6)
+        grouped_bars(
+            ax,
+            names,
+            series,
+            "share of top-K items",
+            percent=True,
+            annotate=len(groups) <= 6,
+            colors=CONDITION_COLORS,
+        )
         ax.set_title(method, fontsize=10)
         ax.set_xlabel("popularity group (training targets)")
     for ax in flat[len(methods) :]:
@@ -168,6 +195,15 @@ def plot_ig_loss(frame: pd.DataFrame, path: str | Path) -> Path:
     """IGD §4.2.1: mean token loss per epoch for zero-, low- and high-IG tokens."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
+    if frame["epoch"].nunique() == 1:  # one epoch: bars per group (a line needs two points)
+        groups = list(dict.fromkeys(frame["group"]))
+        series = {
+            run: [sub.set_index("group")["mean_loss"].get(g, math.nan) for g in groups]
+            for run, sub in frame.groupby("run", sort=False)
+        }
+        grouped_bars(ax, [f"{g} IG" for g in groups], series, "mean token cross-entropy")
+        ax.set_title(f"Training loss by token information-gain group (epoch {frame['epoch'].iloc[0]})")
+        return _save(fig, path)
     styles = ["-", "--", ":", "-."]
     colors = {"zero": "tab:blue", "low": "tab:orange", "high": "tab:red"}
     for r, run in enumerate(dict.fromkeys(frame["run"])):
