@@ -23,6 +23,7 @@ from recbole_llm.model.decoding import constrained_beam_search, generate_referen
 # log-probabilities, and the same sum computed with other batch shapes (users batched, beams sharing the
 # prompt KV) differs by up to a few 1e-4 on SmolLM2, so closer titles may legitimately swap ranks.
 SCORE_TOL = 1e-3
+BF16_SCORE_TOL = 0.1  # bfloat16 keeps ~3 significant digits: ties are much wider
 
 
 def compare_rankings(
@@ -78,6 +79,7 @@ def run_decoder(
     batch_size: int = 16,
     length_penalty: float = 0.0,
     assert_identical: bool = True,
+    tol: float = SCORE_TOL,
     fast_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def run_decoder(
     log(f"  ours      {n} users: {t2.seconds:7.1f} s ({t2.wall:.1f} s wall, again)")
     t_fast = (t1.seconds + t2.seconds) / 2
     t_ref = tr.seconds
-    check = compare_rankings(out1, ref)
+    check = compare_rankings(out1, ref, tol)
     repeat = compare_rankings(out2, out1, tol=0.0)
     result = {
         "users": n,
@@ -152,4 +154,4 @@ def _stats(values: list[int]) -> dict[str, float]:
     return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())} if a.size else {}
 
 
-__all__ = ["SCORE_TOL", "compare_rankings", "run_decoder"]
+__all__ = ["BF16_SCORE_TOL", "SCORE_TOL", "compare_rankings", "run_decoder"]

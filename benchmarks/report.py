@@ -103,9 +103,13 @@ def details(result: dict[str, Any]) -> str:
     if tr:
         secs = ", ".join(f"{k} {v:.2f}s" for k, v in tr["step_seconds"].items())
         tok = tr["tokens_per_micro_batch"]
-        cf = f", CFT counterfactual {tok['cft_counterfactual']:.0f}" if "cft_counterfactual" in tok else ""
+        cf = ""
+        if "cft_counterfactual" in tok:
+            cf = f", CFT counterfactual {tok['cft_counterfactual']:.0f}"
+            if "cft_counterfactual_run" in tok:
+                cf += f" of which {tok['cft_counterfactual_run']:.0f} run (the instruction is reused)"
         out.append(
-            f"training: micro-batch {tr['micro_batch']}, best of {tr['repetitions']} rounds ({tr['clock']}): "
+            f"training: micro-batch {tr['micro_batch']}, median of {tr['repetitions']} rounds ({tr['clock']}): "
             f"{secs}; padded tokens per micro-batch: factual {tok['factual']:.0f}{cf}"
         )
     pad = result.get("padding")

@@ -44,12 +44,17 @@ def grouped_bars(
     width = 0.8 / n
     for i, (name, values) in enumerate(series.items()):
         xs = [c + (i - (n - 1) / 2) * width for c in range(len(categories))]
-        heights = [0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in values]
+        missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
+        heights = [0.0 if m else float(v) for v, m in zip(values, missing, strict=True)]
         color = (colors or {}).get(name)
         bars = ax.bar(xs, [h * (100 if percent else 1) for h in heights], width, label=name, color=color)
         if annotate and len(categories) * n <= 40:
             fmt = "{:.1f}" if percent else "{:.3g}"
-            ax.bar_label(bars, labels=[fmt.format(h * (100 if percent else 1)) for h in heights], fontsize=7)
+            labels = [
+                "n/a" if m else fmt.format(h * (100 if percent else 1))
+                for h, m in zip(heights, missing, strict=True)
+            ]
+            ax.bar_label(bars, labels=labels, fontsize=7)
     ax.set_xticks(range(len(categories)))
     ax.set_xticklabels(categories)
     ax.set_ylabel(ylabel + (" (%)" if percent else ""))
@@ -145,6 +150,14 @@ def plot_temporal(frame: pd.DataFrame, path: str | Path) -> Path:
     names = [_temporal_name(m, metric_title) for m in metrics]
     grouped_bars(ax, names, series, "change on reversed histories", percent=True)
     ax.set_title("Temporal sensitivity: relative metric change and share of changed top-K lists")
+    if any(math.isnan(v) for values in series.values() for v in values):
+        ax.text(
+            0.0,
+            -0.16,
+            "n/a: the metric is 0 on the original histories, so its change rate is undefined",
+            transform=ax.transAxes,
+            fontsize=7,
+        )
     return _save(fig, path)
 
 

@@ -115,7 +115,12 @@ class LLMTrainer(Trainer):
         self.batch_size = int(config["train_batch_size"])
         self.micro_batch_size = int(config["micro_batch_size"] or self.batch_size)
         self.checkpoint_steps = int(config["checkpoint_steps"] or 0)
-        self.run_dir = Path(self.checkpoint_dir) / f"{config['model']}-{config['dataset']}-{get_local_time()}"
+        # Second-resolution time plus 4 random hex digits (os.urandom: no seeded RNG is consumed), so two runs
+        # started in the same second (tuning trials, tests) never share a folder.
+        suffix = os.urandom(2).hex()
+        self.run_dir = (
+            Path(self.checkpoint_dir) / f"{config['model']}-{config['dataset']}-{get_local_time()}-{suffix}"
+        )
         self.saved_model_file = str(self.run_dir / "best")
         self.start_step = 0
         self.global_step = 0
