@@ -35,7 +35,7 @@ LABEL_KEYS = (
     "beta_prime",
     "lambda",
     "ig_alpha",
-    "cetrec_variant",
+    "temporal_embedding",
     "cetrec_cf_index",
     "cft_counterfactual",
     "tuning",
@@ -48,6 +48,8 @@ LABEL_KEYS = (
 # Keys that never change what a run computes (paths, logging, batching that is normalised away).
 IGNORED_KEYS = {
     "model",
+    "cpu_threads",
+    "log_ig_loss",
     "dataset",
     "objective",
     "decoder",
