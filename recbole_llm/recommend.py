@@ -53,7 +53,10 @@ class Recommender:
             raise ValueError("The history is empty: give at least one title the user interacted with.")
         items = [self.item_of(t) for t in history]
         if hasattr(self.model, "recommend_histories"):
-            ranked = self.model.recommend_histories([items], k)[0].tolist()
+            from recbole_llm.analysis import decoding_precision
+
+            with decoding_precision(self.model):  # the run's own autocast: the same lists as its test
+                ranked = self.model.recommend_histories([items], k)[0].tolist()
         else:
             ranked = _rank_with_scores(self.model, self.trained, items, k)
         return [
