@@ -10,6 +10,11 @@ An interrupted LLMGenRec run (killed, crashed, or stopped by SIGTERM / Ctrl-C, w
 current step first) continues from its last checkpoint with one flag, the run folder it printed:
 
     python run_recbole_llm.py --resume=saved/LLMGenRec-amazon-games-Nov-23-2026_19-45-54
+
+A finished run is decoded again with other decoding keys (decoder, ig_alpha, num_beams, ...) without
+retraining, and saved as a new results JSON:
+
+    python run_recbole_llm.py --evaluate=results/ml-100k/LLMGenRec-igd-d3-<time>.json --ig_alpha=0
 """
 
 import argparse
@@ -34,12 +39,21 @@ if __name__ == "__main__":
         help="run folder (saved/<model>-<dataset>-<time>) of an interrupted run: continue it exactly, "
         "with its recorded model, dataset and settings",
     )
+    parser.add_argument(
+        "--evaluate",
+        type=str,
+        default=None,
+        help="results JSON or run folder of a finished run: decode its best checkpoint again with the "
+        "decoding keys given now (--decoder, --ig_alpha, ...), without training",
+    )
     args, _ = parser.parse_known_args()
     config_files = args.config_files.split() if args.config_files else None
-    if args.resume is None:
-        model, dataset, extra = args.model or "SASRec", args.dataset or "ml-100k", None
-    else:
+    if args.evaluate is not None:
+        model, dataset, extra = args.model, args.dataset, {"evaluate": args.evaluate}
+    elif args.resume is not None:
         model, dataset, extra = args.model, args.dataset, {"resume": args.resume}
+    else:
+        model, dataset, extra = args.model or "SASRec", args.dataset or "ml-100k", None
     try:
         run_recbole_llm(model=model, dataset=dataset, config_file_list=config_files, config_dict=extra)
     except TrainingStopped as stop:

@@ -16,7 +16,7 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_llm.config import Config
 from recbole_llm.data.dataset import SharedSplitDataset
 from recbole_llm.utils.registry import get_model, get_trainer
-from recbole_llm.utils.results import save_results, split_fingerprint
+from recbole_llm.utils.results import jsonable, save_results, split_fingerprint
 
 
 def create_dataset(config: Config) -> SharedSplitDataset:
@@ -52,12 +52,12 @@ def load_run(config: Config, quiet: bool = False):
     return dataset, (train_data, valid_data, test_data), model, trainer
 
 
-def _requested_resume(config_dict: dict[str, Any] | None) -> str | None:
-    """The ``resume`` value of ``config_dict`` or of a ``--resume=...`` command-line flag."""
-    if config_dict and config_dict.get("resume"):
-        return str(config_dict["resume"])
+def _requested(key: str, config_dict: dict[str, Any] | None) -> str | None:
+    """The ``key`` value (``resume``, ``evaluate``) of ``config_dict`` or of a ``--key=...`` flag."""
+    if config_dict and config_dict.get(key):
+        return str(config_dict[key])
     for arg in sys.argv[1:]:
-        if arg.startswith("--resume="):
+        if arg.startswith(f"--{key}="):
             return arg.split("=", 1)[1] or None
     return None
 
@@ -98,7 +98,10 @@ def run_recbole_llm(
     ``resume`` (in ``config_dict`` or ``--resume=<run folder>``) continues an interrupted run exactly
     where its last checkpoint left it, with the settings recorded in the run folder.
     """
-    resume = _requested_resume(config_dict)
+    evaluate = _requested("evaluate", config_dict)
+    if evaluate:
+        return evaluate_run(evaluate, model, dataset, config_file_list, config_dict)
+    resume = _requested("resume", config_dict)
     if resume:
         model, dataset, config_dict = resume_settings(resume, model, dataset, config_dict)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
@@ -135,7 +138,21 @@ def run_recbole_llm(
     }
     result["results_file"] = str(save_results(config, result))
     logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
+    _log_same_split_report(logger, result["results_file"])
     return result
+
+
+def _log_same_split_report(logger: logging.Logger, results_file: str) -> None:
+    """Show this run next to earlier runs on the same test samples (e.g. SASRec); never fail the run."""
+    from recbole_llm.analysis.compare import same_split_report
+
+    try:
+        report = same_split_report(results_file)
+    except Exception as err:  # a broken neighbour file must not cost the finished run
+        logger.warning(f"could not compare with earlier runs in {Path(results_file).parent}: {err}")
+        return
+    if report:
+        logger.info(set_color("same test samples as earlier runs", "yellow") + ":\n" + report)
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True) -> dict[str, Any]:
@@ -200,6 +217,11 @@ def load_trained(path: str | Path, config_dict: dict[str, Any] | None = None) ->
     config = Config(model=info["model"], dataset=info["dataset"], config_dict=overrides)
     init_logger(config)
     _, (train_data, valid_data, test_data), model, trainer = load_run(config, quiet=True)
+    _load_weights(model, checkpoint, config)
+    return Trained(config, model, train_data, valid_data, test_data)
+
+
+def _load_weights(model, checkpoint: Path, config: Config) -> None:
     if hasattr(model, "load_checkpoint"):
         model.load_checkpoint(checkpoint)
     else:
@@ -207,4 +229,106 @@ def load_trained(path: str | Path, config_dict: dict[str, Any] | None = None) ->
 
         model.load_state_dict(safe_torch_load(checkpoint, map_location=config["device"])["state_dict"])
     model.eval()
-    return Trained(config, model, train_data, valid_data, test_data)
+
+
+# Keys that only change how a trained model is decoded and scored, or where and how fast: ``evaluate``
+# may change them. Any other key would describe a model that was never trained.
+EVALUATION_KEYS = frozenset(
+    {
+        "decoder",
+        "num_beams",
+        "length_penalty",
+        "ig_alpha",
+        "decode_batch_size",
+        "trie_items",
+        "fill",
+        "ensemble_checkpoint",
+        "ensemble_weight",
+        "bigrec_generations",
+        "bigrec_rank",
+        "topk",
+        "metrics",
+        "eval_batch_size",
+        "eval_sample_num",
+        "mixed_precision",
+        "cpu_threads",
+        "show_progress",
+        "state",
+        "results_dir",
+        "use_gpu",
+        "gpu_id",
+        "device",
+        "worker",
+        "evaluate",
+        "data_path",
+    }
+)
+
+
+def evaluate_run(
+    path: str | Path,
+    model: str | None = None,
+    dataset: str | None = None,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Decode and score a finished run's best checkpoint again, with other decoding keys; no training.
+
+    The papers compare decoders on one trained model (D3 vs constrained beam search, IGD's α, the D3
+    ensemble); retraining for each row would cost hours of LLM time. Settings given now override the
+    recorded ones, but only :data:`EVALUATION_KEYS` may differ: anything else would change the model.
+    The result is saved as a new results JSON (``evaluated_from`` names the run).
+    """
+    info, checkpoint = _find_run(path)
+    for key, given in (("model", model), ("dataset", dataset)):
+        if given is not None and given != info[key]:
+            raise ValueError(
+                f"--{key}={given} but {path} was trained with {key}={info[key]}: drop --{key} "
+                "(--evaluate reads it from the run) or evaluate another run."
+            )
+    overrides = dict(info.get("overrides") or {})
+    overrides.update({k: v for k, v in (config_dict or {}).items()})
+    overrides.pop("resume", None)
+    overrides["evaluate"] = str(path)
+    config = Config(
+        model=info["model"], dataset=info["dataset"], config_file_list=config_file_list, config_dict=overrides
+    )
+    recorded = info.get("config") or info.get("overrides") or {}
+    changed = sorted(
+        key
+        for key in config.external_config_dict
+        if key not in EVALUATION_KEYS and key in recorded and jsonable(config[key]) != recorded[key]
+    )
+    if changed:
+        raise ValueError(
+            f"--evaluate only re-decodes a trained model, but {', '.join(changed)} would change the model "
+            f"itself (trained with {', '.join(f'{k}={recorded[k]!r}' for k in changed)}): train a new run "
+            f"for that, or change only decoding keys ({', '.join(sorted(EVALUATION_KEYS - {'evaluate'}))})."
+        )
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+    start = time.time()
+    _, (_, _, test_data), model_obj, trainer = load_run(config, quiet=True)
+    _load_weights(model_obj, checkpoint, config)
+    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    result = {
+        "model": config["model"],
+        "evaluated_from": str(path),
+        "best_valid_score": info.get("best_valid_score"),
+        "valid_score_bigger": info.get("valid_score_bigger"),
+        "best_valid_result": info.get("best_valid_result"),
+        "test_result": test_result,
+        "train_seconds": info.get("train_seconds"),
+        "eval_seconds": round(time.time() - start, 2),
+        "n_test_samples": len(test_data.dataset),
+        "test_fingerprint": split_fingerprint(test_data.dataset),
+        "checkpoint": str(checkpoint),
+    }
+    result["results_file"] = str(save_results(config, result))
+    logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
+    _log_same_split_report(logger, result["results_file"])
+    return result

@@ -140,6 +140,16 @@ def test_run_compare_writes_csv_markdown_png(results_dir, tmp_path):
     assert files["png"].stat().st_size > 1000 and "lambda=0.1) (base)" in files["md"].read_text()
 
 
+def test_same_split_report_shows_only_runs_of_the_same_test_samples(results_dir):
+    other = _result(
+        results_dir, "e", "GRU4Rec", "2026-01-04T00:00:00", _metrics(0.9, 0.9, 0.9, 0.9), fingerprint="fp2"
+    )
+    report = cmp.same_split_report(results_dir / "d.json")
+    assert "| SASRec (base) |" in report and "(lambda=0.05)" in report
+    assert "GRU4Rec" not in report and "0.9000" not in report  # other test samples: left out
+    assert cmp.same_split_report(other) is None  # nothing else evaluated on fp2
+
+
 # ----------------------------------------------------------------------------- popularity
 
 
@@ -453,6 +463,15 @@ def test_commands_on_a_finished_sasrec_run(tmp_path, monkeypatch):
         assert all(path.stat().st_size > 0 for path in files.values())
     with pytest.raises(ValueError, match="LLMGenRec"):
         main(["ig-stats", result["results_file"], "--output", str(out)])
+    from recbole_llm.quick_start import _log_same_split_report
+
+    neighbour = json.loads(Path(result["results_file"]).read_text()) | {"run": "GRU4Rec", "model": "GRU4Rec"}
+    (tmp_path / "results" / "tiny" / "GRU4Rec-0.json").write_text(json.dumps(neighbour))
+    logged = []
+    _log_same_split_report(
+        type("L", (), {"info": logged.append, "warning": logged.append})(), result["results_file"]
+    )
+    assert len(logged) == 1 and "| SASRec (base) |" in logged[0] and "| GRU4Rec |" in logged[0]
     trained = load_trained(result["results_file"])
     with pytest.raises(ValueError, match="without the history"):
         rank_items(

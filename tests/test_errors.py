@@ -27,16 +27,6 @@ from tests.fixtures import TITLES, write_prepared
 HEADER = "item_id:token\ttitle:token\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy machine torch's 2 threads wait for each other (measured: the decoding
-    property test took 56 s with 2 threads on 2 shared cores, 1.3 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("errors-model"))

@@ -78,6 +78,46 @@ def test_train_save_load_evaluate_round_trip_gives_identical_metrics(workspace, 
     assert dict(again) == dict(result["test_result"])
 
 
+def test_evaluate_re_decodes_a_finished_run_without_training(workspace, monkeypatch):
+    import runpy
+
+    from recbole_llm.trainer import LLMTrainer
+
+    result = _run(workspace, monkeypatch, objective="igd")
+    # Same settings: the same metrics as the run itself (nothing retrained, nothing re-initialised).
+    monkeypatch.setattr(sys, "argv", ["run_recbole_llm.py"])
+    same = run_recbole_llm(config_dict={"evaluate": result["results_file"]})
+    assert (
+        same["test_result"] == result["test_result"]
+        and same["test_fingerprint"] == result["test_fingerprint"]
+    )
+    # From the command line with another decoder and α = 0: equal to decoding the reloaded run that way.
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "run_recbole_llm.py",
+            f"--evaluate={result['results_file']}",
+            "--decoder=constrained",
+            "--ig_alpha=0",
+        ],
+    )
+    runpy.run_path(str(Path(__file__).parents[1] / "run_recbole_llm.py"), run_name="__main__")
+    files = sorted(Path(result["results_file"]).parent.glob("LLMGenRec-igd-constrained-*.json"))
+    saved = json.loads(files[-1].read_text())
+    assert saved["evaluated_from"] == result["results_file"] and saved["config"]["ig_alpha"] == 0
+    assert saved["checkpoint"] == result["checkpoint"] and saved["train_seconds"] == result["train_seconds"]
+    monkeypatch.setattr(sys, "argv", ["x"])
+    trained = load_trained(result["results_file"], {"decoder": "constrained", "ig_alpha": 0})
+    expected = LLMTrainer(trained.config, trained.model).evaluate(trained.test_data, load_best_model=False)
+    assert saved["test_result"] == dict(expected)
+    # Keys that would describe another model are refused, naming the key and the trained value.
+    with pytest.raises(ValueError, match=r"objective.*trained with objective='igd'"):
+        run_recbole_llm(config_dict={"evaluate": result["results_file"], "objective": "sft"})
+    with pytest.raises(ValueError, match="trained with model=LLMGenRec"):
+        run_recbole_llm(model="SASRec", config_dict={"evaluate": result["results_file"]})
+
+
 def test_lora_tuning_trains_only_adapters(workspace, monkeypatch):
     result = _run(workspace, monkeypatch, tuning="lora")
     checkpoint = Path(result["checkpoint"]) / "trainable.safetensors"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,16 +52,6 @@ WORDS = [
     "é",
 ]
 SETTINGS = settings(max_examples=20, deadline=None)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy machine torch's 2 threads wait for each other (measured: the decoding
-    property test took 56 s with 2 threads on 2 shared cores, 1.3 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # d3's title pieces with a one-line instruction: the same title tokens, 5x shorter prompts (faster).

@@ -44,16 +44,6 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy machine torch's 2 threads wait for each other (measured: the decoding
-    property test took 56 s with 2 threads on 2 shared cores, 1.3 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # The child process: the real CLI (run_recbole_llm.py), optionally with a fault injected.
 # KILL_MODE=step:  SIGKILL itself in the middle of optimizer step KILL_AT + 1 (after its first micro-batch).
 # KILL_MODE=write: SIGKILL itself while writing the KILL_AT-th training state (half a file in last.tmp).
@@ -62,7 +52,7 @@ import os, runpy, signal, sys
 import torch
 from recbole_llm.trainer import llm_trainer
 
-torch.set_num_threads(1)  # as the in-process reference run (see _one_thread)
+torch.set_num_threads(1)  # as the in-process reference run (tests/conftest.py)
 
 mode, at = os.environ.get("KILL_MODE", ""), int(os.environ.get("KILL_AT", "0"))
 if mode == "step":

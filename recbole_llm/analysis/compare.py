@@ -61,6 +61,7 @@ IGNORED_KEYS = {
     "state",
     "show_progress",
     "resume",
+    "evaluate",
     "gpu_id",
     "use_gpu",
     "device",
@@ -393,3 +394,27 @@ def run_compare(
     for warning in fingerprint_warnings(table):
         print(f"WARNING: {warning}", file=sys.stderr)
     return files
+
+
+def same_split_report(results_file: str | Path, metrics: Sequence[str] = DEFAULT_METRICS) -> str | None:
+    """Markdown table of a fresh run next to the other runs of its results folder on the same test samples.
+
+    Printed at the end of every run so that ``run_recbole_llm.py`` reports an LLM run next to the
+    SASRec run of the same split without a second command. Runs on other test samples (another
+    ``eval_sample_num``, other data) are left out: their numbers are not comparable. ``None`` when
+    the folder holds no other run of this split.
+    """
+    path = Path(results_file)
+    own = json.loads(path.read_text())
+    fingerprint = own.get("test_fingerprint")
+    if not fingerprint:
+        return None
+    results = [
+        r
+        for r in load_results([path.parent])
+        if r.get("test_fingerprint") == fingerprint and r.get("dataset") == own.get("dataset")
+    ]
+    if len({_run_name(r) for r in results}) < 2:
+        return None
+    base = "SASRec" if any(_run_name(r) == "SASRec" for r in results) else None
+    return to_markdown(comparison_table(results, base=base, metrics=metrics), metrics)
