@@ -36,8 +36,12 @@ def set_cpu_threads(threads: Any) -> None:
     torch.set_num_threads(threads)
 
 
-def load_run(config: Config, quiet: bool = False):
-    """Build dataset, dataloaders, model and trainer for ``config`` (shared by training, tuning and reload)."""
+def load_run(config: Config, quiet: bool = False, with_trainer: bool = True):
+    """Build dataset, dataloaders, model and trainer for ``config`` (shared by training, tuning and reload).
+
+    ``with_trainer=False`` skips the trainer (and its ``accelerate`` state) for code that only reads the
+    model, such as the zero-IG statistics.
+    """
     set_cpu_threads(config["cpu_threads"])
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
@@ -46,7 +50,7 @@ def load_run(config: Config, quiet: bool = False):
     model = get_model(config["model"])(config, train_data._dataset)
     if config["model"] not in ("LLMGenRec",):
         model = model.to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model) if with_trainer else None
     if not quiet:
         getLogger().info(dataset)
     return dataset, (train_data, valid_data, test_data), model, trainer

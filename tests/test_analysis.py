@@ -712,6 +712,17 @@ def test_every_command_on_a_finished_llm_run(finished_llm_run, monkeypatch):
     steps = pd.read_csv(files["steps_csv"])
     assert steps.loc[(steps["source"] == "predicted") & (steps["step"] == 1), "count"].item() == 4 * 5
 
+    # zero-ig needs no trained run: the same Table-4 numbers from the dataset and the tokenizer alone.
+    model_dir = json.loads(Path(llm["results_file"]).read_text())["config"]["llm_path"]  # the run's tokenizer
+    files = main(
+        ["zero-ig", "tiny", "--output", str(root / "zero"), "--set", f"data_path={root / 'data'}"]
+        + ["--set", f"llm_path={model_dir}", "--set", "state=ERROR"]
+    )
+    untrained = pd.read_csv(files["csv"]).set_index("scope")
+    for scope in ("train_target_tokens", "catalogue_tokens"):
+        for column in ("tokens", "zero_ig_tokens", "zero_ig_share"):
+            assert untrained.loc[scope, column] == pytest.approx(zero.loc[scope, column])
+
     files = main(["ig-loss", run_dir, llm["results_file"], "--output", str(out)])
     frame = pd.read_csv(files["csv"])
     assert len(frame) == 2 * 6  # the same run given twice: 2 epochs x 3 groups each

@@ -4,6 +4,7 @@
     python -m recbole_llm.analysis popularity results/ml-100k/LLMGenRec-sft-d3-*.json results/ml-100k/LLMGenRec-cft-d3-*.json
     python -m recbole_llm.analysis temporal results/ml-100k/LLMGenRec-cetrec-d3-*.json --max-users 200
     python -m recbole_llm.analysis ig-stats results/ml-100k/LLMGenRec-igd-d3-*.json
+    python -m recbole_llm.analysis zero-ig ml-100k ml-1m
     python -m recbole_llm.analysis ig-loss saved/LLMGenRec-ml-100k-*/
 
 RUN arguments are results JSONs (results/<dataset>/<run>-<time>.json) or LLM run folders (saved/...).
@@ -72,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _run_options(p, "default: max(topk)")
 
+    p = sub.add_parser(
+        "zero-ig", help="zero-IG title-token share of prepared datasets (IGD Table 4); no trained run needed"
+    )
+    p.add_argument("datasets", nargs="+", help="prepared dataset names (e.g. ml-100k ml-1m)")
+    p.add_argument("--output", default=None, help="output folder (default <results_dir>/<dataset>/analysis)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set llm_path=/models/qwen2",
+    )
+
     p = sub.add_parser("ig-loss", help="token loss by IG group per epoch (IGD §4.2.1), from ig_loss.csv")
     p.add_argument("runs", nargs="+", help="run folders, results JSONs or ig_loss.csv files")
     p.add_argument("--output", default=None)
@@ -101,6 +114,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from recbole_llm.analysis.ig_stats import run_ig_stats
 
         files = run_ig_stats(args.runs, args.output, args.k, args.max_users, _overrides(args.set))
+    elif args.command == "zero-ig":
+        from recbole_llm.analysis.ig_stats import run_zero_ig
+
+        files = run_zero_ig(args.datasets, args.output, _overrides(args.set))
     else:
         from recbole_llm.analysis.ig_stats import run_ig_loss
 

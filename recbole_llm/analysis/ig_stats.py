@@ -271,6 +271,65 @@ def item_sequences(model) -> list[list[int]]:
     return [list(map(int, s)) for s in model.prompts.all_target_sequences()]
 
 
+def zero_ig_table(model, dataset, label: str):
+    """Zero-IG token shares of ``dataset``'s titles (IGD Table 4) with ``model``'s tokenizer.
+
+    Returns the IG trie of all items (weights = whole-training-split target counts), the items' token
+    sequences and one row per scope: tokens of the training targets, and tokens of the catalogue.
+    Needs no training: IG depends only on the titles, the tokenizer and the target counts.
+    """
+    from recbole_llm.model.trie import TitleTrie
+
+    sequences = item_sequences(model)
+    counts = split_target_counts(dataset, "train")[: len(sequences)].double()
+    items = torch.arange(1, len(sequences))
+    trie = TitleTrie.build([sequences[i] for i in items.tolist()], items.tolist(), item_weight=counts[items])
+    token_ig, ig_valid = trie.item_token_ig(items)
+    weights = counts[items].unsqueeze(1).expand_as(token_ig)[ig_valid]
+    threshold = median_positive_ig(token_ig[ig_valid], weights)
+    rows = [
+        {
+            "method": label,
+            "dataset": dataset.config["dataset"],
+            "scope": scope,
+            "items": len(items),
+            **zero_ig_statistics(token_ig, ig_valid, occ),
+            "median_positive_ig": threshold,
+        }
+        for scope, occ in (
+            ("train_target_tokens", counts[items]),
+            ("catalogue_tokens", torch.ones(len(items))),
+        )
+    ]
+    return trie, sequences, rows
+
+
+def run_zero_ig(
+    datasets: Sequence[str], output: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """``zero-ig`` command: Table 4 for prepared datasets, with an *untrained* LLMGenRec's tokenizer.
+
+    Writes ``zero_ig_share.csv``; ``llm_path`` (and any other key) comes from ``overrides``.
+    """
+    from recbole_llm.config import Config
+    from recbole_llm.quick_start import load_run
+
+    rows: list[dict] = []
+    out = Path(output) if output else None
+    for name in datasets:
+        config = Config(model="LLMGenRec", dataset=name, config_dict=dict(overrides or {}))
+        _, (train_data, _, _), model, _ = load_run(config, quiet=True, with_trainer=False)
+        rows += zero_ig_table(model, train_data.dataset, f"tokenizer of {config['llm_path']}")[2]
+        out = out or Path(config["results_dir"] or "results") / name / "analysis"
+        del model
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / "zero_ig_share.csv"}
+    table = pd.DataFrame(rows)
+    table.to_csv(files["csv"], index=False)
+    print(table.to_string(index=False))
+    return files
+
+
 def analyse_run(
     run: Run, k: int, max_users: int | None = None, seed: int = 2020
 ) -> tuple[list[dict], list[dict]]:
@@ -279,31 +338,12 @@ def analyse_run(
     The reference distribution is every item's count as a target in the whole training split, over a
     trie of *all* items (so predicted and ground-truth items are always on it).
     """
-    from recbole_llm.model.trie import TitleTrie
-
     trained, model = run.trained, run.trained.model
     test = trained.test_data.dataset
-    sequences = item_sequences(model)
-    counts = split_target_counts(test, "train")[: len(sequences)].double()
-    items = torch.arange(1, len(sequences))
-    trie = TitleTrie.build([sequences[i] for i in items.tolist()], items.tolist(), item_weight=counts[items])
-    token_ig, ig_valid = trie.item_token_ig(items)
+    trie, sequences, zero_rows = zero_ig_table(model, test, run.label)
+
     entropy, ent_valid = item_path_entropies(trie, torch.arange(0, len(sequences)).clamp_min(1))
     ent_valid[0] = False  # row 0 (padding item) only makes ids index rows directly
-    weights = counts[items].unsqueeze(1).expand_as(token_ig)[ig_valid]
-    threshold = median_positive_ig(token_ig[ig_valid], weights)
-    zero_rows = []
-    for scope, occ in (("train_target_tokens", counts[items]), ("catalogue_tokens", torch.ones(len(items)))):
-        zero_rows.append(
-            {
-                "method": run.label,
-                "dataset": trained.config["dataset"],
-                "scope": scope,
-                "items": len(items),
-                **zero_ig_statistics(token_ig, ig_valid, occ),
-                "median_positive_ig": threshold,
-            }
-        )
 
     rows_idx = select_rows(len(test), max_users, seed)
     device = model_device(model, trained.config)
