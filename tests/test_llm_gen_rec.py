@@ -1,6 +1,7 @@
 """LLMGenRec end to end on a tiny random model: every objective and decoder, reload, recommend."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -151,3 +152,23 @@ def test_full_sort_predict_reads_only_the_history(workspace, monkeypatch):
     batch.interaction["item_id"] = torch.zeros_like(batch["item_id"])  # the target must not matter
     assert torch.equal(scores, trained.model.full_sort_predict(batch))
     assert scores.shape == (len(batch), trained.model.n_items)
+
+
+def test_epoch_log_names_the_loss_terms_and_their_total():
+    from types import SimpleNamespace
+
+    from recbole_llm.trainer import LLMTrainer
+
+    fake = SimpleNamespace(
+        unwrapped=SimpleNamespace(
+            objective=SimpleNamespace(term_names=("normal", "causal")),
+            loss_coefficients={"normal": 1.0, "causal": 0.1},
+        ),
+        config={"loss_decimal_place": 4},
+    )
+    line = LLMTrainer._generate_train_loss_output(fake, 0, 10.0, 12.5, (4.0, 2.0))  # sorted: causal, normal
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    assert (
+        plain
+        == "epoch 0 training [time: 2.50s, train loss: 2.4000 = causal (×0.1): 4.0000, normal (×1): 2.0000]"
+    )

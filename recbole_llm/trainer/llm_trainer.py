@@ -407,6 +407,23 @@ class LLMTrainer(Trainer):
     _last_epoch = 0
     _validating = False
 
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        """RecBole's line, with the loss terms named (``causal``, ``normal``) instead of ``train_loss1/2``."""
+        names = sorted(self.unwrapped.objective.term_names)
+        if not isinstance(losses, tuple) or len(losses) != len(names):
+            return super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
+        coef = self.unwrapped.loss_coefficients
+        total = sum(coef[k] * v for k, v in zip(names, losses, strict=True))
+        des = self.config["loss_decimal_place"] or 4
+        terms = ", ".join(
+            f"{set_color(name, 'blue')} (×{coef[name]:g}): {value:.{des}f}"
+            for name, value in zip(names, losses, strict=True)
+        )
+        return (
+            f"{set_color(f'epoch {epoch_idx} training', 'green')} [{set_color('time', 'blue')}: "
+            f"{e_time - s_time:.2f}s, {set_color('train loss', 'blue')}: {total:.{des}f} = {terms}]"
+        )
+
     def _add_train_loss_to_tensorboard(self, epoch_idx, losses, tag="Loss/Train"):
         """``Loss/Train`` = the objective's loss (Σ coefficient · term); ``Loss/Train/<term>`` with two terms.
 
