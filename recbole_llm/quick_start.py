@@ -139,6 +139,7 @@ def run_recbole_llm(
         "n_test_samples": len(test_data.dataset),
         "test_fingerprint": split_fingerprint(test_data.dataset),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
+        **_hyper_parameters(model_obj),
     }
     result["results_file"] = str(save_results(config, result))
     logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
@@ -159,6 +160,11 @@ def _log_same_split_report(logger: logging.Logger, results_file: str) -> None:
         logger.info(set_color("same test samples as earlier runs", "yellow") + ":\n" + report)
 
 
+def _hyper_parameters(model) -> dict[str, Any]:
+    """``{"hyper_parameters": ...}`` for models that resolve defaults (LLMGenRec), else nothing."""
+    return {"hyper_parameters": model.hyper_parameters()} if hasattr(model, "hyper_parameters") else {}
+
+
 def objective_function(config_dict=None, config_file_list=None, saved=True) -> dict[str, Any]:
     """RecBole ``HyperTuning`` objective: one quiet run, results saved like any other run."""
     config = Config(config_dict=config_dict, config_file_list=config_file_list)
@@ -167,7 +173,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True) -> d
         logger.removeHandler(handler)
     init_logger(config)
     logging.basicConfig(level=logging.ERROR)
-    _, (train_data, valid_data, test_data), _, trainer = load_run(config, quiet=True)
+    _, (train_data, valid_data, test_data), model, trainer = load_run(config, quiet=True)
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
     test_result = trainer.evaluate(test_data, load_best_model=saved)
     result = {
@@ -176,6 +182,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True) -> d
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
+        **_hyper_parameters(model),
     }
     result["results_file"] = str(save_results(config, result))
     return result
@@ -331,6 +338,7 @@ def evaluate_run(
         "n_test_samples": len(test_data.dataset),
         "test_fingerprint": split_fingerprint(test_data.dataset),
         "checkpoint": str(checkpoint),
+        **_hyper_parameters(model_obj),
     }
     result["results_file"] = str(save_results(config, result))
     logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")

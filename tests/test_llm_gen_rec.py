@@ -43,21 +43,27 @@ def _run(workspace, monkeypatch, **overrides):
 
 
 @pytest.mark.parametrize(
-    ("objective", "extra"),
+    ("objective", "extra", "resolved"),
     [
-        ("sft", {}),
-        ("pos", {"beta": 0.5}),
-        ("cft", {"lambda": 0.2}),
-        ("cetrec", {}),
-        ("igd", {"ig_alpha": 0.3}),
+        ("sft", {}, {"ig_alpha": 0.0, "temporal_embedding": "none"}),
+        ("pos", {"beta": 0.5}, {"beta": 0.5}),
+        ("cft", {"lambda": 0.2}, {"lambda": 0.2, "beta": 0.25, "cft_weight_normal_loss": True}),
+        ("cetrec", {}, {"lambda": 0.1, "temporal_embedding": "rope", "cetrec_cf_index": "earliest"}),
+        ("igd", {"ig_alpha": 0.3}, {"beta": 0.1, "ig_alpha": 0.3, "length_penalty": 0.0}),
     ],
 )
-def test_every_objective_runs_and_is_recorded(workspace, monkeypatch, objective, extra):
+def test_every_objective_runs_and_is_recorded(workspace, monkeypatch, objective, extra, resolved):
     result = _run(workspace, monkeypatch, objective=objective, **extra)
     saved = json.loads(Path(result["results_file"]).read_text())
     assert saved["objective"] == objective and saved["run"].startswith(f"LLMGenRec-{objective}-d3")
     for key, value in extra.items():
         assert saved["config"][key] == value
+    # The values really used, paper defaults resolved (the config keeps `~` for what was not set).
+    assert (
+        saved["hyper_parameters"]["objective"] == objective and saved["hyper_parameters"]["decoder"] == "d3"
+    )
+    for key, value in resolved.items():
+        assert saved["hyper_parameters"][key] == value, key
     assert set(saved["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
     assert 0.0 <= saved["test_result"]["hit@10"] <= 1.0
 

@@ -124,6 +124,10 @@ def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 
 def _value(result: dict[str, Any], key: str) -> Any:
+    """The value a run used: resolved ``hyper_parameters`` first (``beta: ~`` is 0.25 there), then config."""
+    resolved = result.get("hyper_parameters") or {}
+    if key in resolved:
+        return resolved[key]
     config = result.get("config") or {}
     if key in config:
         return config[key]

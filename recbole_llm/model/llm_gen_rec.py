@@ -255,6 +255,33 @@ class LLMGenRec(SequentialRecommender):
             raise ValueError(f"fill={self.config['fill']!r}: use 'none' or 'popularity'.")
         return ranked
 
+    def hyper_parameters(self) -> dict[str, Any]:
+        """The values this model really uses, paper defaults resolved (``beta: ~`` -> 0.25 for cft).
+
+        Recorded in every results JSON (``hyper_parameters``) so that runs can be compared by what they
+        did, not by what was typed; ``compare`` labels rows with these values.
+        """
+        from recbole_llm.model.temporal import RotaryTemporalEmbedding
+
+        temporal = "none" if self.temporal is None else "rope"
+        if self.temporal is not None and not isinstance(self.temporal, RotaryTemporalEmbedding):
+            temporal = "sinpe"
+        hp = dict(self.objective.hparams())
+        hp.update(
+            temporal_embedding=temporal,
+            decoder=self.decoder,
+            num_beams=self.num_beams,
+            length_penalty=self._length_penalty(),
+            ig_alpha=self._ig_alpha(),
+            trie_items=self.config["trie_items"],
+            ensemble_weight=float(
+                self.config["ensemble_weight"] if self.config["ensemble_weight"] is not None else 1.0
+            ),
+        )
+        if self.objective.name == "cetrec":
+            hp["cetrec_cf_index"] = self.cf_index_mode
+        return hp
+
     def _length_penalty(self) -> float:
         if self.config["length_penalty"] is not None:
             return float(self.config["length_penalty"])
