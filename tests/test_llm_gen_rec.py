@@ -178,3 +178,43 @@ def test_epoch_log_names_the_loss_terms_and_their_total():
         plain
         == "epoch 0 training [time: 2.50s, train loss: 2.4000 = causal (×0.1): 4.0000, normal (×1): 2.0000]"
     )
+
+
+def test_d3_ensemble_with_a_sasrec_run_end_to_end(workspace, monkeypatch):
+    """A real SASRec checkpoint (non-default size) guides decoding, in training runs and in --evaluate,
+    and never becomes part of the LLM: not optimised, not in the LLM checkpoint."""
+    from safetensors import safe_open
+
+    root, _ = workspace
+    monkeypatch.setattr(sys, "argv", ["x", "--state=ERROR", "--show_progress=False"])
+    sasrec = run_recbole_llm(
+        model="SASRec",
+        dataset="tiny",
+        config_dict={
+            "data_path": str(root / "data"),
+            "checkpoint_dir": str(root / "saved"),
+            "results_dir": str(root / "results"),
+            "epochs": 1,
+            "hidden_size": 16,
+            "inner_size": 32,
+            "eval_sample_num": 6,
+        },
+    )
+    guided = _run(workspace, monkeypatch, ensemble_checkpoint=sasrec["checkpoint"], ensemble_weight=0.5)
+    with safe_open(str(Path(guided["checkpoint"]) / "trainable.safetensors"), "pt") as f:
+        names = list(f.keys())  # noqa: SIM118 (safe_open is not iterable)
+    assert names and not [n for n in names if "ensemble" in n]
+    plain = _run(workspace, monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    # The same decoding applied afterwards to an unguided run, and the guided run decoded alone.
+    again = run_recbole_llm(
+        config_dict={
+            "evaluate": plain["results_file"],
+            "ensemble_checkpoint": sasrec["checkpoint"],
+            "ensemble_weight": 0.5,
+        }
+    )
+    assert again["hyper_parameters"]["ensemble_weight"] == 0.5
+    alone = run_recbole_llm(config_dict={"evaluate": guided["results_file"], "ensemble_weight": 1.0})
+    assert alone["hyper_parameters"]["ensemble_weight"] == 1.0
+    assert again["test_fingerprint"] == alone["test_fingerprint"] == guided["test_fingerprint"]

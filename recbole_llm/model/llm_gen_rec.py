@@ -301,7 +301,7 @@ class LLMGenRec(SequentialRecommender):
     def _ensemble_probs(self, histories: list[list[int]]) -> torch.Tensor:
         """D3 ensemble: the traditional model's next-item probabilities ``[U, n_items]`` for each history."""
         if self._ensemble_model is None:
-            self._ensemble_model = load_ensemble_model(self.config, self.n_items)
+            self.set_ensemble_model(load_ensemble_model(self.config, self.n_items))
         model = self._ensemble_model
         width = self.max_seq_length
         seq = torch.zeros((len(histories), width), dtype=torch.long)
@@ -317,6 +317,15 @@ class LLMGenRec(SequentialRecommender):
         return torch.softmax(scores, dim=-1)
 
     _ensemble_model = None
+
+    def set_ensemble_model(self, model: torch.nn.Module) -> None:
+        """Attach the D3 ensemble's frozen traditional model *outside* the module tree.
+
+        As a submodule it would join the optimiser's parameters, every checkpoint and ``.to(device)``;
+        it is decoding-time guidance from another run's checkpoint, so it stays frozen, on the CPU
+        (its probabilities are moved to the decoding device) and out of our checkpoints.
+        """
+        object.__setattr__(self, "_ensemble_model", model.requires_grad_(False).eval())
 
     def _bigrec_rank(self, prompts: list[list[int]], k: int) -> torch.Tensor:
         """BIGRec: free beam search, then L2 grounding of each generation to every item title."""
@@ -446,15 +455,24 @@ def load_ensemble_model(config, n_items: int):
     from recbole_llm.config import Config
     from recbole_llm.utils.registry import get_model
 
-    sub = Config(model=model_name, dataset=config["dataset"], config_dict={"data_path": config["data_root"]})
+    # The run's own settings (hidden_size, n_layers, ...) rebuild its architecture; paths come from this run.
+    overrides = {
+        k: v
+        for k, v in (state.get("config_overrides") or {}).items()
+        if k
+        not in ("data_path", "checkpoint_dir", "results_dir", "device", "gpu_id", "state", "show_progress")
+    }
+    overrides["data_path"] = config["data_root"]
+    sub = Config(model=model_name, dataset=config["dataset"], config_dict=overrides)
     dataset = _ItemCountStub(sub, n_items)
     model = get_model(model_name)(sub, dataset)
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as err:
         raise ValueError(
-            f"ensemble_checkpoint {path} does not match this dataset's items ({n_items} ids): train the "
-            f"traditional model on the same prepared split."
+            f"ensemble_checkpoint {path} does not match this dataset ({n_items} item ids) or its recorded "
+            f"{model_name} settings: train the traditional model on the same prepared split with this "
+            f"version (its checkpoint then records its settings). Details: {str(err).splitlines()[0]}"
         ) from err
     return model.eval()
 

@@ -177,7 +177,9 @@ class LLMTrainer(Trainer):
         if gs < 1.0 and model._ensemble_model is None:
             from recbole_llm.model.llm_gen_rec import load_ensemble_model
 
-            model._ensemble_model = load_ensemble_model(config, model.n_items)  # missing / mismatched: raises
+            model.set_ensemble_model(
+                load_ensemble_model(config, model.n_items)
+            )  # missing / mismatched: raises
 
     # ----------------------------------------------------------------- optimisation
     def _build_optimizer(self, **kwargs):

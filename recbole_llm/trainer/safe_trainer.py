@@ -14,6 +14,8 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_llm.utils.results import jsonable
+
 
 def safe_torch_load(path: str | os.PathLike, map_location=None) -> dict:
     """Load a torch checkpoint without unpickling arbitrary objects, with an error that says what to do."""
@@ -43,6 +45,8 @@ class SafeTrainer(Trainer):
             "best_valid_score": float(self.best_valid_score),
             "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            # Plain JSON values (weights_only-safe): what rebuilds this architecture elsewhere (D3 ensemble).
+            "config_overrides": {k: jsonable(v) for k, v in self.config.external_config_dict.items()},
         }
         tmp = f"{saved_model_file}.tmp"
         torch.save(state, tmp)
