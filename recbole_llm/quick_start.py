@@ -298,7 +298,7 @@ def evaluate_run(
                 "(--evaluate reads it from the run) or evaluate another run."
             )
     overrides = dict(info.get("overrides") or {})
-    overrides.update({k: v for k, v in (config_dict or {}).items()})
+    overrides.update(config_dict or {})
     overrides.pop("resume", None)
     overrides["evaluate"] = str(path)
     config = Config(

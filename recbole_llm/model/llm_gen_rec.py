@@ -233,7 +233,7 @@ class LLMGenRec(SequentialRecommender):
             item_index = None
             if self.temporal is not None:
                 item_index = [self.prompts.prompt_item_index(h, counterfactual=cf) for h in histories]
-            gs = float(self.config["ensemble_weight"] if self.config["ensemble_weight"] is not None else 1.0)
+            gs = self._ensemble_weight()
             leaves, _ = constrained_beam_search(
                 self.llm,
                 prompts,
@@ -274,9 +274,7 @@ class LLMGenRec(SequentialRecommender):
             length_penalty=self._length_penalty(),
             ig_alpha=self._ig_alpha(),
             trie_items=self.config["trie_items"],
-            ensemble_weight=float(
-                self.config["ensemble_weight"] if self.config["ensemble_weight"] is not None else 1.0
-            ),
+            ensemble_weight=self._ensemble_weight(),
         )
         if self.objective.name == "cetrec":
             hp["cetrec_cf_index"] = self.cf_index_mode
@@ -286,6 +284,11 @@ class LLMGenRec(SequentialRecommender):
         if self.config["length_penalty"] is not None:
             return float(self.config["length_penalty"])
         return DECODERS[self.decoder] or 0.0
+
+    def _ensemble_weight(self) -> float:
+        """D3's gs (1 = the LLM alone); validated by the trainer before training."""
+        gs = self.config["ensemble_weight"]
+        return 1.0 if gs is None else float(gs)
 
     def _ig_alpha(self) -> float:
         alpha = self.config["ig_alpha"]
