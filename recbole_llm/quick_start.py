@@ -109,11 +109,7 @@ def run_recbole_llm(
     if resume:
         model, dataset, config_dict = resume_settings(resume, model, dataset, config_dict)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
+    logger = _start_logging(config)
 
     start = time.time()
     _, (train_data, valid_data, test_data), model_obj, trainer = load_run(config)
@@ -141,6 +137,21 @@ def run_recbole_llm(
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
         **_hyper_parameters(model_obj),
     }
+    return _save_and_report(config, logger, result)
+
+
+def _start_logging(config: Config) -> logging.Logger:
+    """Seed, RecBole's logger, and the command line + config at the top of the log."""
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+    return logger
+
+
+def _save_and_report(config: Config, logger: logging.Logger, result: dict[str, Any]) -> dict[str, Any]:
+    """Write the results JSON, then show the run next to earlier runs on the same test samples."""
     result["results_file"] = str(save_results(config, result))
     logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
     _log_same_split_report(logger, result["results_file"])
@@ -316,11 +327,7 @@ def evaluate_run(
             f"itself (trained with {', '.join(f'{k}={recorded[k]!r}' for k in changed)}): train a new run "
             f"for that, or change only decoding keys ({', '.join(sorted(EVALUATION_KEYS - {'evaluate'}))})."
         )
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
+    logger = _start_logging(config)
     start = time.time()
     _, (_, _, test_data), model_obj, trainer = load_run(config, quiet=True)
     _load_weights(model_obj, checkpoint, config)
@@ -340,7 +347,4 @@ def evaluate_run(
         "checkpoint": str(checkpoint),
         **_hyper_parameters(model_obj),
     }
-    result["results_file"] = str(save_results(config, result))
-    logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
-    _log_same_split_report(logger, result["results_file"])
-    return result
+    return _save_and_report(config, logger, result)
