@@ -144,6 +144,29 @@ def causal_loss_terms(
     return weighted_loss_sum(token_cross_entropy(_upcast(logits_f) - _upcast(logits_cf), labels), weights)
 
 
+def weighted_total(
+    values: Mapping[str, Any], denominators: Mapping[str, Any], coefficients: Mapping[str, float]
+) -> Any:
+    """The loss formula, written once: ``Σ_term coefficient · value / denominator``.
+
+    ``values`` are per-term numerators ``Σ w·ℓ`` (tensors during training, floats in logs);
+    ``denominators`` the weight totals ``Σ w`` of the whole effective batch (CFT Eq. 4, IGD Eq. 7 normalise
+    by the total weight). A zero denominator means the term had no weighted token; it is clamped so the
+    term contributes 0. Used by the model, the trainer's micro-steps, its epoch log and validation loss.
+    """
+    total: Any = 0
+    for name, value in values.items():
+        den = denominators[name]
+        if isinstance(den, Tensor):
+            den = (
+                den.clamp_min(1e-12).to(value.device) if isinstance(value, Tensor) else max(float(den), 1e-12)
+            )
+        else:
+            den = max(float(den), 1e-12)
+        total = total + coefficients[name] * value / den
+    return total
+
+
 @dataclass(frozen=True)
 class LossTerm:
     """One loss term: ``coefficient · numerator / denominator``; numerator carries the gradient."""
@@ -188,6 +211,8 @@ class Objective:
 
     name: ClassVar[str]
     counterfactual_kind: ClassVar[str | None] = None
+    # Defaults of decoding keys that belong to this objective's method (read by DecodingSettings).
+    decoding_defaults: ClassVar[dict[str, Any]] = {}
     uses_temporal_embedding: ClassVar[bool] = False
 
     def __init__(self, beta: float = 1.0, lam: float = 0.0, weight_normal_loss: bool = True) -> None:
@@ -367,6 +392,7 @@ class IGDObjective(Objective):
     """IGD: ``w_t = β`` for zero-information-gain tokens, 1 otherwise (``token_ig`` from the title trie)."""
 
     name = "igd"
+    decoding_defaults: ClassVar[dict[str, Any]] = {"ig_alpha": 0.2}  # IGD §4.3.2: α = 0.2, the reference setting
 
     def token_weights(
         self, token_pos: Tensor, seq_len: Tensor, token_ig: Tensor | None = None

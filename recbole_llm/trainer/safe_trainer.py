@@ -14,21 +14,8 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_llm.utils.checkpoint import safe_torch_load
 from recbole_llm.utils.results import jsonable
-
-
-def safe_torch_load(path: str | os.PathLike, map_location=None) -> dict:
-    """Load a torch checkpoint without unpickling arbitrary objects, with an error that says what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist: check the path or train the model first.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(
-            f"Checkpoint {path} cannot be read safely ({type(err).__name__}: {err}). It is corrupt or was written by "
-            "RecBole's own trainer (which pickles the config): retrain, or delete it and resume from an older one."
-        ) from err
 
 
 class SafeTrainer(Trainer):

@@ -24,7 +24,7 @@ Two kinds of file:
   ``{"__tuple__": [...]}``; a tensor is ``{"__tensor__": "t<i>"}``; a numpy array is
   ``{"__ndarray__": "t<i>", "dtype": ..., "shape": [...]}``; floats round-trip exactly (repr).
 
-All writes go to a temp file in the target folder, are fsync'ed, then ``os.replace``'d in.
+All writes go through :func:`recbole_llm.utils.io.atomic_write` (temp file, fsync, ``os.replace``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ import hashlib
 import json
 import os
 import random
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from recbole_llm.utils.io import atomic_write, write_json_atomic
+
 FORMAT_TRAINABLE = "recbole_llm.trainable"
 FORMAT_STATE = "recbole_llm.training_state"
 FORMAT_VERSION = 1
@@ -52,40 +53,6 @@ _MARKERS = ("__dict__", "__tuple__", "__tensor__", "__ndarray__")
 
 
 # --------------------------------------------------------------------------------------- file helpers
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via ``write(tmp)`` into a temp file beside ``path``, fsync it, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, sort_keys=True)))
-
-
 def _corrupt_error(path: Path, err: Exception) -> ValueError:
     return ValueError(
         f"checkpoint {path} is corrupt ({err}): delete it and rerun, or resume from the previous checkpoint"
@@ -163,8 +130,8 @@ def save_trainable(
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in state.items()},
         "n_parameters": int(sum(v.numel() for v in state.values())),
     }
-    _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    _write_json(sidecar_path(path), sidecar)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    write_json_atomic(sidecar_path(path), sidecar, indent=1, sort_keys=True, ensure_ascii=True)
     return path
 
 
@@ -332,7 +299,7 @@ def save_training_state(path: str | Path, state: Mapping[str, Any]) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(dict(state), tensors, "state", set())
     metadata = {"format": FORMAT_STATE, "format_version": str(FORMAT_VERSION), "tree": json.dumps(tree)}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return path
 
 
@@ -370,3 +337,17 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].to(torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([t.to(torch.uint8) for t in state["cuda"]])
+
+
+def safe_torch_load(path: str | os.PathLike, map_location=None) -> dict:
+    """Load a torch checkpoint without unpickling arbitrary objects, with an error that says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist: check the path or train the model first.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(
+            f"Checkpoint {path} cannot be read safely ({type(err).__name__}: {err}). It is corrupt or was written by "
+            "RecBole's own trainer (which pickles the config): retrain, or delete it and resume from an older one."
+        ) from err

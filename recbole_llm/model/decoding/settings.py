@@ -1,0 +1,129 @@
+"""How a trained LLMGenRec turns prompts into ranked lists: one dataclass, built and validated once.
+
+Its field names are *the* decoding keys of the project: the only keys ``--evaluate`` may change on a
+trained run, the keys tuning cannot select on validation loss (they never change it), and the knobs
+``compare`` labels rows with. Defaults that depend on the objective (IGD's α, IGD §4.3) come from the
+objective class (``Objective.decoding_defaults``), not from a test of its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from recbole_llm.utils.config_access import config_get
+
+# decoder name -> default length penalty. d3: D3's "no length normalisation" (D3 §3.2); constrained: the
+# beam search of BIGRec/CFT with HF's length normalisation; bigrec: free generation, then grounding.
+DECODERS: dict[str, float] = {"d3": 0.0, "constrained": 1.0, "bigrec": 0.0}
+TRIE_ITEMS = ("all", "train_targets")
+FILLS = ("none", "popularity")
+GROUNDING_RULES = ("bigrec", "cft")
+
+
+def _number(value: Any, key: str, hint: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{key}={value!r} must be a number ({hint}).")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} must be a number ({hint}).") from None
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """Resolved decoding keys (see ``properties/model/LLMGenRec.yaml`` for each key's documentation)."""
+
+    decoder: str = "d3"
+    num_beams: int = 10
+    length_penalty: float = 0.0
+    ig_alpha: float = 0.0
+    decode_batch_size: int = 8
+    trie_items: str = "all"
+    fill: str = "none"
+    ensemble_checkpoint: str | None = None
+    ensemble_weight: float = 1.0
+    bigrec_generations: int = 10
+    bigrec_rank: str = "bigrec"
+
+    @classmethod
+    def from_config(cls, config: Any, objective: Any = None) -> DecodingSettings:
+        """Read every decoding key once; ``~`` takes the decoder's or the objective's default."""
+        defaults = dict(getattr(objective, "decoding_defaults", {}) or {})
+        decoder = str(config_get(config, "decoder", "d3"))
+        if decoder not in DECODERS:
+            raise ValueError(f"Unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}.")
+        num_beams = int(config_get(config, "num_beams", 10))
+        penalty = config_get(config, "length_penalty")
+        if penalty is None:
+            penalty = DECODERS[decoder]
+        alpha = config_get(config, "ig_alpha", defaults.get("ig_alpha", 0.0))
+        gs = config_get(config, "ensemble_weight", 1.0)
+        settings = cls(
+            decoder=decoder,
+            num_beams=num_beams,
+            length_penalty=_number(penalty, "length_penalty", "d3: 0, constrained: 1"),
+            ig_alpha=_number(alpha, "ig_alpha", "IGD's α in [0, 1]"),
+            decode_batch_size=int(config_get(config, "decode_batch_size", 8)),
+            trie_items=str(config_get(config, "trie_items", "all")),
+            fill=str(config_get(config, "fill", "none")),
+            ensemble_checkpoint=config_get(config, "ensemble_checkpoint"),
+            ensemble_weight=_number(gs, "ensemble_weight", "1 = the LLM alone"),
+            bigrec_generations=int(config_get(config, "bigrec_generations", num_beams)),
+            bigrec_rank=str(config_get(config, "bigrec_rank", "bigrec")),
+        )
+        settings.validate(topk=max(config_get(config, "topk", [10])))
+        return settings
+
+    def validate(self, topk: int) -> None:
+        """Every rule in one place, with the fix in the message."""
+        if self.decoder != "bigrec" and self.num_beams < topk:
+            raise ValueError(
+                f"num_beams={self.num_beams} is smaller than the largest K in topk ({topk}): the decoder returns "
+                f"one item per beam, so set num_beams >= {topk}."
+            )
+        if not 0.0 <= self.ig_alpha <= 1.0:
+            raise ValueError(
+                f"ig_alpha={self.ig_alpha} is outside [0, 1]: the decoding weight 1 - α·IG~ must stay >= 0."
+            )
+        if self.fill not in FILLS:
+            raise ValueError(f"fill={self.fill!r}: use 'none' or 'popularity'.")
+        if self.trie_items not in TRIE_ITEMS:
+            raise ValueError(f"trie_items={self.trie_items!r}: use 'all' or 'train_targets'.")
+        if self.decode_batch_size < 1:
+            raise ValueError(f"decode_batch_size={self.decode_batch_size} must be >= 1.")
+        if self.decoder == "bigrec":
+            if self.bigrec_rank not in GROUNDING_RULES:
+                raise ValueError(
+                    f"bigrec_rank={self.bigrec_rank!r}: choose one of {', '.join(GROUNDING_RULES)}."
+                )
+            return
+        if not 0.0 <= self.ensemble_weight <= 1.0:
+            raise ValueError(
+                f"ensemble_weight={self.ensemble_weight} must be in [0, 1] (1 = the LLM alone, as without an "
+                "ensemble)."
+            )
+        if self.uses_ensemble and not self.ensemble_checkpoint:
+            raise ValueError(
+                "ensemble_weight < 1 needs ensemble_checkpoint: the .pth of a SASRec run on the same dataset "
+                "(python run_recbole_llm.py --model=SASRec --dataset=...; see results/<dataset>/SASRec-*.json)."
+            )
+
+    @property
+    def uses_ensemble(self) -> bool:
+        """D3's ensemble (gs < 1) guides the trie search; BIGRec's free generation has no trie to guide."""
+        return self.decoder != "bigrec" and self.ensemble_weight < 1.0
+
+    def recorded(self) -> dict[str, Any]:
+        """The decoding part of a results JSON's ``hyper_parameters``."""
+        return {
+            "decoder": self.decoder,
+            "num_beams": self.num_beams,
+            "length_penalty": self.length_penalty,
+            "ig_alpha": self.ig_alpha,
+            "trie_items": self.trie_items,
+            "ensemble_weight": self.ensemble_weight,
+        }
+
+
+DECODING_KEYS: tuple[str, ...] = tuple(f.name for f in fields(DecodingSettings))

@@ -1,0 +1,21 @@
+"""The one way to read an optional key from a RecBole ``Config`` or a plain dict."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def config_get(config: Any, key: str, default: Any = None) -> Any:
+    """``config[key]``, or ``default`` when the key is absent or None.
+
+    RecBole's ``Config`` has no ``.get`` and raises no ``KeyError`` for unknown keys in every version, so
+    this works for it, for dicts and for ``None`` (no config at all).
+    """
+    if config is None:
+        return default
+    if isinstance(config, Mapping):
+        value = config.get(key)
+    else:
+        value = config[key] if key in config else None  # noqa: SIM401 (RecBole's Config has no .get)
+    return default if value is None else value
