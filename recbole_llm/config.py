@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from recbole.config import Config as RecBoleConfig
 
-from recbole_llm.utils.registry import get_model
+from recbole_llm.model import get_model
 
 PROPERTIES_DIR = Path(
     os.environ.get("RECBOLE_LLM_PROPERTIES", Path(__file__).resolve().parent.parent / "properties")

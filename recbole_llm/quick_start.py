@@ -15,7 +15,9 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_llm.config import Config
 from recbole_llm.data.dataset import SharedSplitDataset
-from recbole_llm.utils.registry import get_model, get_trainer
+from recbole_llm.model import get_model
+from recbole_llm.trainer import get_trainer
+from recbole_llm.utils.checkpoint import safe_torch_load
 from recbole_llm.utils.results import jsonable, save_results, split_fingerprint
 
 
@@ -50,7 +52,7 @@ def load_run(config: Config, quiet: bool = False, with_trainer: bool = True):
     model = get_model(config["model"])(config, train_data._dataset)
     if config["model"] not in ("LLMGenRec",):
         model = model.to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model) if with_trainer else None
+    trainer = get_trainer(config["model"])(config, model) if with_trainer else None
     if not quiet:
         getLogger().info(dataset)
     return dataset, (train_data, valid_data, test_data), model, trainer
@@ -247,8 +249,6 @@ def _load_weights(model, checkpoint: Path, config: Config) -> None:
     if hasattr(model, "load_checkpoint"):
         model.load_checkpoint(checkpoint)
     else:
-        from recbole_llm.trainer import safe_torch_load
-
         model.load_state_dict(safe_torch_load(checkpoint, map_location=config["device"])["state_dict"])
     model.eval()
 

@@ -1,4 +1,4 @@
-"""Unit tests of the data protocol (DESIGN.md §1) on hand-computed numbers."""
+"""Unit tests of the data protocol (docs/design.md §1) on hand-computed numbers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The data protocol shared by every model (DESIGN.md §1), as small pure functions.
+"""The data protocol shared by every model (docs/design.md §1), as small pure functions.
 
 Interaction frames have the columns ``user_id`` (str), ``item_id`` (str) and ``timestamp`` (UTC seconds);
 their row order is the *original* order of the raw file and is used as the last tie-break everywhere,

@@ -1,0 +1,50 @@
+"""The models: this plugin's, then RecBole's sequential models, looked up by name.
+
+As in RecBole-GNN, a model is a RecBole ``SequentialRecommender`` subclass in a module of this package;
+``PLUGIN_MODELS`` maps its name to that module (imported only when the model is asked for, since an LLM
+model pulls in transformers). Only sequential models run here: every model of the project reads the same
+split of (user, history, target) samples.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+import recbole.model.context_aware_recommender as recbole_context
+import recbole.model.general_recommender as recbole_general
+import recbole.model.knowledge_aware_recommender as recbole_knowledge
+import recbole.model.sequential_recommender as recbole_sequential
+
+PLUGIN_MODELS: dict[str, str] = {"LLMGenRec": "recbole_llm.model.llm_gen_rec"}
+
+
+def _classes(module) -> list[str]:
+    return [name for name in dir(module) if name[:1].isupper() and isinstance(getattr(module, name), type)]
+
+
+def known_models() -> list[str]:
+    """Every model name ``--model`` accepts."""
+    return sorted(PLUGIN_MODELS) + sorted(_classes(recbole_sequential))
+
+
+def get_model(model_name: str) -> type:
+    """The model class named ``model_name``: the plugin's first, then RecBole's sequential models."""
+    if model_name in PLUGIN_MODELS:
+        return getattr(importlib.import_module(PLUGIN_MODELS[model_name]), model_name)
+    if model_name in _classes(recbole_sequential):
+        return getattr(recbole_sequential, model_name)
+    others = (recbole_general, recbole_context, recbole_knowledge)
+    if any(model_name in _classes(module) for module in others):
+        raise ValueError(
+            f"{model_name} is not a sequential model: recbole-llm compares sequential recommenders on one "
+            "shared split of (user, history, target) samples. Use SASRec, GRU4Rec, Caser or another "
+            "sequential model."
+        )
+    by_lower = {name.lower(): name for name in known_models()}
+    close = [by_lower[n] for n in difflib.get_close_matches(model_name.lower(), by_lower, n=3, cutoff=0.6)]
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown model {model_name!r}.{hint} Known models (names are case-sensitive): "
+        f"{', '.join(known_models())}."
+    )

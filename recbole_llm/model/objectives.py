@@ -392,7 +392,9 @@ class IGDObjective(Objective):
     """IGD: ``w_t = β`` for zero-information-gain tokens, 1 otherwise (``token_ig`` from the title trie)."""
 
     name = "igd"
-    decoding_defaults: ClassVar[dict[str, Any]] = {"ig_alpha": 0.2}  # IGD §4.3.2: α = 0.2, the reference setting
+    decoding_defaults: ClassVar[dict[str, Any]] = {
+        "ig_alpha": 0.2
+    }  # IGD §4.3.2: α = 0.2, the reference setting
 
     def token_weights(
         self, token_pos: Tensor, seq_len: Tensor, token_ig: Tensor | None = None

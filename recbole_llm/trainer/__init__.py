@@ -1,6 +1,14 @@
 """Trainers: RecBole's trainer with safe checkpoints for baselines, an accelerate trainer for LLMs."""
 
-from recbole_llm.trainer.llm_trainer import LLMTrainer
-from recbole_llm.trainer.safe_trainer import SafeTrainer, safe_torch_load
+from __future__ import annotations
 
-__all__ = ["LLMTrainer", "SafeTrainer", "safe_torch_load"]
+from recbole_llm.model import PLUGIN_MODELS
+from recbole_llm.trainer.llm_trainer import LLMTrainer
+from recbole_llm.trainer.safe_trainer import SafeTrainer
+
+__all__ = ["LLMTrainer", "SafeTrainer", "get_trainer"]
+
+
+def get_trainer(model_name: str) -> type:
+    """LLM models get the accelerate trainer; RecBole's sequential models RecBole's trainer, safe checkpoints."""
+    return LLMTrainer if model_name in PLUGIN_MODELS else SafeTrainer
