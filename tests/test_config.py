@@ -43,6 +43,12 @@ def test_unknown_model_names_the_fix(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["run"])
     with pytest.raises(ValueError, match="SASRec, GRU4Rec or Caser"):
         Config(model="SasRec", dataset="ml-100k")
+    # Any unknown name (not only near misses of SASRec) lists the nearest known names, never a stray
+    # import error of an unrelated RecBole module.
+    with pytest.raises(ValueError, match=r"Unknown model 'SASRecc'\. Did you mean SASRec\b"):
+        Config(model="SASRecc", dataset="ml-100k")
+    with pytest.raises(ValueError, match=r"BPR is not a sequential model"):
+        Config(model="BPR", dataset="ml-100k")
 
 
 def test_yaml_is_loaded_safely(monkeypatch, tmp_path):

@@ -45,6 +45,6 @@ def get_model(model_name: str) -> type:
     close = [by_lower[n] for n in difflib.get_close_matches(model_name.lower(), by_lower, n=3, cutoff=0.6)]
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise ValueError(
-        f"Unknown model {model_name!r}.{hint} Known models (names are case-sensitive): "
-        f"{', '.join(known_models())}."
+        f"Unknown model {model_name!r}.{hint} Use recbole-llm's LLMGenRec or a RecBole sequential model "
+        f"such as SASRec, GRU4Rec or Caser (names are case-sensitive). Known: {', '.join(known_models())}."
     )

@@ -8,7 +8,6 @@ Checkpoints here hold only tensors and plain numbers.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from recbole.trainer import Trainer
