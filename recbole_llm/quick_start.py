@@ -1,4 +1,10 @@
-"""One entry point for every model: prepare data, train, evaluate with RecBole's metrics, save results."""
+"""One entry point for every model: prepare data, train, evaluate with RecBole's metrics, save results.
+
+Read top to bottom: :func:`load_run` builds everything a run needs (data, model, trainer);
+:func:`run_recbole_llm` trains and tests one model (or resumes a run, or re-decodes one with
+``evaluate``); :func:`objective_function` is the same run for RecBole's ``HyperTuning``;
+:func:`load_trained` reloads a finished run for analysis code.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_llm.config import Config
 from recbole_llm.data.dataset import SharedSplitDataset
 from recbole_llm.model import get_model
+from recbole_llm.model.decoding.settings import DECODING_KEYS
 from recbole_llm.trainer import get_trainer
 from recbole_llm.utils.checkpoint import safe_torch_load
 from recbole_llm.utils.results import jsonable, save_results, split_fingerprint
@@ -112,20 +119,37 @@ def run_recbole_llm(
         model, dataset, config_dict = resume_settings(resume, model, dataset, config_dict)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     logger = _start_logging(config)
+    return _train_and_test(config, logger, saved=saved, verbose=True)
 
+
+def objective_function(config_dict=None, config_file_list=None, saved=True) -> dict[str, Any]:
+    """RecBole ``HyperTuning`` objective: one quiet run, saved like any other run."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    return _train_and_test(config, logger, saved=saved, verbose=False)
+
+
+def _train_and_test(config: Config, logger: logging.Logger, saved: bool, verbose: bool) -> dict[str, Any]:
+    """Train (or continue ``resume``), test the best checkpoint, write the results JSON."""
     start = time.time()
-    _, (train_data, valid_data, test_data), model_obj, trainer = load_run(config)
-    logger.info(model_obj)
+    _, (train_data, valid_data, test_data), model_obj, trainer = load_run(config, quiet=not verbose)
+    if verbose:
+        logger.info(model_obj)
     if config["resume"]:
         trainer.resume_checkpoint(config["resume"])
+    progress = bool(config["show_progress"]) and verbose
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        train_data, valid_data, verbose=verbose, saved=saved, show_progress=progress
     )
     train_seconds = time.time() - start
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
-
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=progress)
+    if verbose:
+        logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+        logger.info(set_color("test result", "yellow") + f": {test_result}")
     result = {
         "model": config["model"],
         "best_valid_score": best_valid_score,
@@ -134,12 +158,19 @@ def run_recbole_llm(
         "test_result": test_result,
         "train_seconds": round(train_seconds, 2),
         "total_seconds": round(time.time() - start, 2),
-        "n_test_samples": len(test_data.dataset),
-        "test_fingerprint": split_fingerprint(test_data.dataset),
+        **_test_identity(test_data),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
         **_hyper_parameters(model_obj),
     }
-    return _save_and_report(config, logger, result)
+    return _save_and_report(config, logger, result, report=verbose)
+
+
+def _test_identity(test_data) -> dict[str, Any]:
+    """How many test samples, and which (two results with the same fingerprint saw the same samples)."""
+    return {
+        "n_test_samples": len(test_data.dataset),
+        "test_fingerprint": split_fingerprint(test_data.dataset),
+    }
 
 
 def _start_logging(config: Config) -> logging.Logger:
@@ -152,11 +183,14 @@ def _start_logging(config: Config) -> logging.Logger:
     return logger
 
 
-def _save_and_report(config: Config, logger: logging.Logger, result: dict[str, Any]) -> dict[str, Any]:
+def _save_and_report(
+    config: Config, logger: logging.Logger, result: dict[str, Any], report: bool = True
+) -> dict[str, Any]:
     """Write the results JSON, then show the run next to earlier runs on the same test samples."""
     result["results_file"] = str(save_results(config, result))
-    logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
-    _log_same_split_report(logger, result["results_file"])
+    if report:
+        logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
+        _log_same_split_report(logger, result["results_file"])
     return result
 
 
@@ -176,29 +210,6 @@ def _log_same_split_report(logger: logging.Logger, results_file: str) -> None:
 def _hyper_parameters(model) -> dict[str, Any]:
     """``{"hyper_parameters": ...}`` for models that resolve defaults (LLMGenRec), else nothing."""
     return {"hyper_parameters": model.hyper_parameters()} if hasattr(model, "hyper_parameters") else {}
-
-
-def objective_function(config_dict=None, config_file_list=None, saved=True) -> dict[str, Any]:
-    """RecBole ``HyperTuning`` objective: one quiet run, results saved like any other run."""
-    config = Config(config_dict=config_dict, config_file_list=config_file_list)
-    logger = getLogger()
-    for handler in logger.handlers[:]:
-        logger.removeHandler(handler)
-    init_logger(config)
-    logging.basicConfig(level=logging.ERROR)
-    _, (train_data, valid_data, test_data), model, trainer = load_run(config, quiet=True)
-    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
-    test_result = trainer.evaluate(test_data, load_best_model=saved)
-    result = {
-        "model": config["model"],
-        "best_valid_score": best_valid_score,
-        "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
-        **_hyper_parameters(model),
-    }
-    result["results_file"] = str(save_results(config, result))
-    return result
 
 
 class Trained(NamedTuple):
@@ -253,38 +264,25 @@ def _load_weights(model, checkpoint: Path, config: Config) -> None:
     model.eval()
 
 
-# Keys that only change how a trained model is decoded and scored, or where and how fast: ``evaluate``
-# may change them. Any other key would describe a model that was never trained.
-EVALUATION_KEYS = frozenset(
-    {
-        "decoder",
-        "num_beams",
-        "length_penalty",
-        "ig_alpha",
-        "decode_batch_size",
-        "trie_items",
-        "fill",
-        "ensemble_checkpoint",
-        "ensemble_weight",
-        "bigrec_generations",
-        "bigrec_rank",
-        "topk",
-        "metrics",
-        "eval_batch_size",
-        "eval_sample_num",
-        "mixed_precision",
-        "cpu_threads",
-        "show_progress",
-        "state",
-        "results_dir",
-        "use_gpu",
-        "gpu_id",
-        "device",
-        "worker",
-        "evaluate",
-        "data_path",
-    }
-)
+# What ``evaluate`` may change on a trained run: how it is decoded (every DecodingSettings key) and scored,
+# and where and how fast it runs. Any other key would describe a model that was never trained.
+EVALUATION_KEYS = frozenset(DECODING_KEYS) | {
+    "topk",
+    "metrics",
+    "eval_batch_size",
+    "eval_sample_num",
+    "mixed_precision",
+    "cpu_threads",
+    "show_progress",
+    "state",
+    "results_dir",
+    "use_gpu",
+    "gpu_id",
+    "device",
+    "worker",
+    "evaluate",
+    "data_path",
+}
 
 
 def evaluate_run(
@@ -342,8 +340,7 @@ def evaluate_run(
         "test_result": test_result,
         "train_seconds": info.get("train_seconds"),
         "eval_seconds": round(time.time() - start, 2),
-        "n_test_samples": len(test_data.dataset),
-        "test_fingerprint": split_fingerprint(test_data.dataset),
+        **_test_identity(test_data),
         "checkpoint": str(checkpoint),
         **_hyper_parameters(model_obj),
     }

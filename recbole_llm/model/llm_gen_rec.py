@@ -451,12 +451,12 @@ def load_ensemble_model(config, n_items: int):
             "ensemble_weight < 1 needs ensemble_checkpoint: the .pth of a SASRec run on the same dataset "
             "(python run_recbole_llm.py --model=SASRec --dataset=...; see results/<dataset>/SASRec-*.json)."
         )
-    from recbole_llm.trainer import safe_torch_load
+    from recbole_llm.utils.checkpoint import safe_torch_load
 
     state = safe_torch_load(path, map_location="cpu")
     model_name = state.get("model", "SASRec")
     from recbole_llm.config import Config
-    from recbole_llm.utils.registry import get_model
+    from recbole_llm.model import get_model
 
     # The run's own settings (hidden_size, n_layers, ...) rebuild its architecture; paths come from this run.
     overrides = {
