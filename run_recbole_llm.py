@@ -15,13 +15,33 @@ A finished run is decoded again with other decoding keys (decoder, ig_alpha, num
 retraining, and saved as a new results JSON:
 
     python run_recbole_llm.py --evaluate=results/ml-100k/LLMGenRec-igd-d3-<time>.json --ig_alpha=0
+
+Every run ends with its metrics next to the earlier runs of its results folder on the same test samples.
 """
 
 import argparse
 import sys
+from logging import Logger, getLogger
+from pathlib import Path
+
+from recbole.utils import set_color
 
 from recbole_llm.quick_start import run_recbole_llm
+from recbole_llm.reporting.compare import same_split_report
 from recbole_llm.trainer.llm_trainer import TrainingStopped
+
+
+def log_same_split_report(results_file: str, logger: Logger | None = None) -> None:
+    """Show this run next to earlier runs on the same test samples (e.g. SASRec); never fail the run."""
+    logger = logger or getLogger()
+    try:
+        report = same_split_report(results_file)
+    except Exception as err:  # a broken neighbour file must not cost the finished run
+        logger.warning(f"could not compare with earlier runs in {Path(results_file).parent}: {err}")
+        return
+    if report:
+        logger.info(set_color("same test samples as earlier runs", "yellow") + ":\n" + report)
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
@@ -55,7 +75,10 @@ if __name__ == "__main__":
     else:
         model, dataset, extra = args.model or "SASRec", args.dataset or "ml-100k", None
     try:
-        run_recbole_llm(model=model, dataset=dataset, config_file_list=config_files, config_dict=extra)
+        result = run_recbole_llm(
+            model=model, dataset=dataset, config_file_list=config_files, config_dict=extra
+        )
     except TrainingStopped as stop:
         print(stop, file=sys.stderr)
         sys.exit(stop.exit_code)
+    log_same_split_report(result["results_file"])

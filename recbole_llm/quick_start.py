@@ -8,7 +8,6 @@ Read top to bottom: :func:`load_run` builds everything a run needs (data, model,
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -25,7 +24,9 @@ from recbole_llm.model import get_model
 from recbole_llm.model.decoding.settings import DECODING_KEYS
 from recbole_llm.trainer import get_trainer
 from recbole_llm.utils.checkpoint import safe_torch_load
+from recbole_llm.utils.io import read_json
 from recbole_llm.utils.results import jsonable, save_results, split_fingerprint
+from recbole_llm.utils.runs import find_in_run, find_run
 
 
 def create_dataset(config: Config) -> SharedSplitDataset:
@@ -83,11 +84,10 @@ def resume_settings(
     Settings given now (``config_dict``, ``--key=value``) still override the recorded ones. Folders
     without ``run.json`` (a baseline's ``.pth`` file) need ``--model`` / ``--dataset`` as before.
     """
-    path = Path(resume)
-    info_file = next((p / "run.json" for p in (path, path.parent) if (p / "run.json").is_file()), None)
+    info_file = find_in_run(resume)
     if info_file is None:
         return model, dataset, config_dict
-    info = json.loads(info_file.read_text())
+    info = read_json(info_file)
     for key, given in (("model", model), ("dataset", dataset)):
         if given is not None and given != info[key]:
             raise ValueError(
@@ -186,25 +186,11 @@ def _start_logging(config: Config) -> logging.Logger:
 def _save_and_report(
     config: Config, logger: logging.Logger, result: dict[str, Any], report: bool = True
 ) -> dict[str, Any]:
-    """Write the results JSON, then show the run next to earlier runs on the same test samples."""
+    """Write the results JSON (``run_recbole_llm.py`` then shows it next to earlier runs of its split)."""
     result["results_file"] = str(save_results(config, result))
     if report:
         logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
-        _log_same_split_report(logger, result["results_file"])
     return result
-
-
-def _log_same_split_report(logger: logging.Logger, results_file: str) -> None:
-    """Show this run next to earlier runs on the same test samples (e.g. SASRec); never fail the run."""
-    from recbole_llm.analysis.compare import same_split_report
-
-    try:
-        report = same_split_report(results_file)
-    except Exception as err:  # a broken neighbour file must not cost the finished run
-        logger.warning(f"could not compare with earlier runs in {Path(results_file).parent}: {err}")
-        return
-    if report:
-        logger.info(set_color("same test samples as earlier runs", "yellow") + ":\n" + report)
 
 
 def _hyper_parameters(model) -> dict[str, Any]:
@@ -224,20 +210,13 @@ class Trained(NamedTuple):
 
 def _find_run(path: str | Path) -> tuple[dict[str, Any], Path]:
     """Read a results JSON (or a run folder's ``run.json``) and return it with the checkpoint path."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "run.json", path.parent / "run.json"):
-            if candidate.is_file():
-                info = json.loads(candidate.read_text())
-                return info, candidate.parent / "best"
-        raise FileNotFoundError(
-            f"{path} holds no run.json: pass a results JSON or a run folder under saved/."
-        )
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: pass a results JSON (results/<dataset>/...) or a run folder."
-        )
-    info = json.loads(path.read_text())
+    info, info_file = find_run(path)
+    if Path(path).is_dir():
+        if info_file is None:
+            raise FileNotFoundError(
+                f"{path} holds no run.json: pass a results JSON or a run folder under saved/."
+            )
+        return info, info_file.parent / "best"
     if not info.get("checkpoint"):
         raise ValueError(f"{path} records no checkpoint (the run used saved=False): retrain with saving on.")
     return info, Path(info["checkpoint"])

@@ -8,21 +8,26 @@
 
 This module holds what every analysis shares: reloading runs, ranking items the same way for the
 generative model and RecBole's baselines, and scoring ranked lists with RecBole's own metric classes.
-Heavy imports (RecBole data, the LLM) happen inside functions so ``compare`` stays light.
+``compare`` is :mod:`recbole_llm.reporting`, which reads results JSONs only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
+
+from recbole_llm.data.dataset import histories_of
+from recbole_llm.quick_start import load_trained
+from recbole_llm.reporting.labels import labels_for
+from recbole_llm.utils.runs import find_run
 
 # Metrics that RecBole computes from ``rec.topk`` alone (what a ranked list can feed).
 TOPK_METRICS = {"hit", "ndcg", "mrr", "recall", "precision", "map"}
@@ -39,13 +44,6 @@ class Run(NamedTuple):
 def is_generative(model) -> bool:
     """LLMGenRec (and any model that writes item titles) ranks by decoding, not by scoring every item."""
     return hasattr(model, "recommend_histories")
-
-
-def histories_of(interaction, seq_field: str, len_field: str) -> list[list[int]]:
-    """Each sample's history as a list of item ids, oldest first, padding removed."""
-    seq = interaction[seq_field].cpu()
-    lens = interaction[len_field].cpu().tolist()
-    return [row[:n].tolist() for row, n in zip(seq, lens, strict=True)]
 
 
 def decoding_precision(model):
@@ -186,8 +184,6 @@ def split_target_counts(dataset, split: str = "train") -> torch.Tensor:
     statistics must be the same for every model of a dataset. Falls back to the loaded split when the
     file is missing.
     """
-    import pandas as pd
-
     config = dataset.config
     iid = dataset.iid_field
     path = Path(config["data_path"]) / f"{config['dataset']}.{split}.inter"
@@ -209,26 +205,14 @@ def split_target_counts(dataset, split: str = "train") -> torch.Tensor:
 
 def read_run_info(path: str | Path) -> dict[str, Any]:
     """The results JSON of a run (or a run folder's ``run.json``): used for labels, never for weights."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "run.json", path.parent / "run.json"):
-            if candidate.is_file():
-                info = json.loads(candidate.read_text())
-                info.setdefault("run", path.name)
-                return info
-        return {"run": path.name}
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: pass a results JSON (results/<dataset>/*.json) or a run folder."
-        )
-    return json.loads(path.read_text())
+    info, _ = find_run(path)
+    if Path(path).is_dir():
+        info.setdefault("run", Path(path).name)
+    return info
 
 
 def load_runs(paths: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> Iterator[Run]:
     """Reload each finished run (one at a time, to keep one model in memory) with a unique label."""
-    from recbole_llm.analysis.compare import labels_for
-    from recbole_llm.quick_start import load_trained
-
     infos = [read_run_info(p) for p in paths]
     labels = labels_for(infos)
     for path, info, label in zip(paths, infos, labels, strict=True):
@@ -247,7 +231,6 @@ __all__ = [
     "decoding_precision",
     "default_output",
     "evaluate_ranked",
-    "histories_of",
     "is_generative",
     "iter_batches",
     "load_runs",

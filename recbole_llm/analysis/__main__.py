@@ -17,12 +17,15 @@ import argparse
 import sys
 from typing import Any
 
-from recbole_llm.analysis.compare import DEFAULT_METRICS
+from recbole_llm.analysis.ig_stats import run_ig_loss, run_ig_stats, run_zero_ig
+from recbole_llm.analysis.popularity import run_popularity
+from recbole_llm.analysis.temporal import run_temporal
+from recbole_llm.config import parse_value
+from recbole_llm.reporting.compare import run_compare
+from recbole_llm.reporting.labels import DEFAULT_METRICS
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
-    from recbole_llm.config import parse_value
-
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -96,31 +99,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # RecBole's Config reads --key=value from sys.argv: keep our options out of the reloaded configs.
     sys.argv = sys.argv[:1]
     if args.command == "compare":
-        from recbole_llm.analysis.compare import run_compare
-
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         files = run_compare(args.results, args.output, args.base, metrics, args.all, args.sort)
     elif args.command == "popularity":
-        from recbole_llm.analysis.popularity import run_popularity
-
         files = run_popularity(
             args.runs, args.output, args.k, args.groups, args.grouping, args.max_users, _overrides(args.set)
         )
     elif args.command == "temporal":
-        from recbole_llm.analysis.temporal import run_temporal
-
         files = run_temporal(args.runs, args.output, args.k, args.max_users, _overrides(args.set))
     elif args.command == "ig-stats":
-        from recbole_llm.analysis.ig_stats import run_ig_stats
-
         files = run_ig_stats(args.runs, args.output, args.k, args.max_users, _overrides(args.set))
     elif args.command == "zero-ig":
-        from recbole_llm.analysis.ig_stats import run_zero_ig
-
         files = run_zero_ig(args.datasets, args.output, _overrides(args.set))
     else:
-        from recbole_llm.analysis.ig_stats import run_ig_loss
-
         files = run_ig_loss(args.runs, args.output)
     for name, path in files.items():
         print(f"wrote {name}: {path}", file=sys.stderr)

@@ -38,72 +38,15 @@ from recbole_llm.analysis import (
     select_rows,
     split_target_counts,
 )
+from recbole_llm.analysis.plots import plot_entropy_steps, plot_ig_loss
+from recbole_llm.config import Config
+from recbole_llm.model.trie import TitleTrie
+from recbole_llm.quick_start import load_run
+from recbole_llm.reporting.labels import labels_for
+from recbole_llm.utils.runs import find_in_run
 
 IG_GROUPS = ("zero", "low", "high")
 ZERO_TOL = 1e-9
-
-
-class ReferenceTrie:
-    """Plain-Python prefix tree holding ``S(node)``: the small, independent reference of :class:`TitleTrie`.
-
-    Items with identical sequences share one leaf whose probability is the sum of theirs (as
-    ``TitleTrie`` does), so the entropies are the same as the decoding trie's ``node_entropy``.
-    """
-
-    def __init__(self, sequences: Sequence[Sequence[int]], weights: Sequence[float]):
-        weights = [float(w) for w in weights]
-        if len(weights) != len(sequences):
-            raise ValueError(
-                f"{len(sequences)} sequences but {len(weights)} weights: give one weight per item."
-            )
-        if any(w < 0 for w in weights):
-            raise ValueError("Item weights must be non-negative (they are training-target counts).")
-        total = sum(weights)
-        if total <= 0:
-            raise ValueError("All item weights are 0: the reference distribution needs training targets.")
-        leaves: dict[tuple[int, ...], float] = {}
-        for seq, w in zip(sequences, weights, strict=True):
-            key = tuple(int(t) for t in seq)
-            leaves[key] = leaves.get(key, 0.0) + w
-        self.children: list[dict[int, int]] = [{}]
-        self.score: list[float] = [0.0]
-        for seq, w in leaves.items():
-            p = w / total
-            h = -p * math.log(p) if p > 0 else 0.0
-            node = 0
-            self.score[0] += h
-            for token in seq:
-                nxt = self.children[node].get(token)
-                if nxt is None:
-                    nxt = len(self.score)
-                    self.children[node][token] = nxt
-                    self.children.append({})
-                    self.score.append(0.0)
-                node = nxt
-                self.score[node] += h
-
-    def path(self, seq: Sequence[int]) -> list[int]:
-        """Node ids after each token (``KeyError`` if the sequence is not a path of the tree)."""
-        node, out = 0, []
-        for token in seq:
-            node = self.children[node][int(token)]
-            out.append(node)
-        return out
-
-    def entropies(self, seq: Sequence[int]) -> list[float]:
-        """``S`` of the node reached after each step of ``seq``."""
-        return [self.score[n] for n in self.path(seq)]
-
-    def information_gain(self, seq: Sequence[int]) -> list[float]:
-        """``S(parent) - S(child)`` of each token of ``seq``."""
-        nodes = [0, *self.path(seq)]
-        return [self.score[a] - self.score[b] for a, b in zip(nodes[:-1], nodes[1:], strict=True)]
-
-
-def path_entropies(sequences: Sequence[Sequence[int]], weights: Sequence[float]) -> list[list[float]]:
-    """Entropy of the node after each step of every sequence, in the tree built from those sequences."""
-    trie = ReferenceTrie(sequences, weights)
-    return [trie.entropies(s) for s in sequences]
 
 
 def item_path_entropies(trie, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,8 +221,6 @@ def zero_ig_table(model, dataset, label: str):
     sequences and one row per scope: tokens of the training targets, and tokens of the catalogue.
     Needs no training: IG depends only on the titles, the tokenizer and the target counts.
     """
-    from recbole_llm.model.trie import TitleTrie
-
     sequences = item_sequences(model)
     counts = split_target_counts(dataset, "train")[: len(sequences)].double()
     items = torch.arange(1, len(sequences))
@@ -311,9 +252,6 @@ def run_zero_ig(
 
     Writes ``zero_ig_share.csv``; ``llm_path`` (and any other key) comes from ``overrides``.
     """
-    from recbole_llm.config import Config
-    from recbole_llm.quick_start import load_run
-
     rows: list[dict] = []
     out = Path(output) if output else None
     for name in datasets:
@@ -386,8 +324,6 @@ def run_ig_stats(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``ig_zero_share.csv``, ``ig_entropy_steps.csv`` and ``ig_entropy_steps.png``."""
-    from recbole_llm.analysis.plots import plot_entropy_steps
-
     zero_rows: list[dict] = []
     step_rows: list[dict] = []
     out = Path(output) if output else None
@@ -416,15 +352,13 @@ def find_ig_loss_csv(path: str | Path) -> tuple[Path, dict[str, Any]]:
     if path.suffix == ".csv" and path.is_file():
         return path, {"run": path.parent.name}
     info = read_run_info(path)
-    candidates = []
-    if path.is_dir():
-        candidates += [path / "ig_loss.csv", path.parent / "ig_loss.csv"]
+    folders = [path] if path.is_dir() else []
     if info.get("checkpoint"):
-        checkpoint = Path(info["checkpoint"])
-        candidates += [checkpoint / "ig_loss.csv", checkpoint.parent / "ig_loss.csv"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate, info
+        folders.append(Path(info["checkpoint"]))
+    for folder in folders:
+        found = find_in_run(folder, "ig_loss.csv")
+        if found is not None:
+            return found, info
     raise FileNotFoundError(
         f"No ig_loss.csv for {path}: LLMGenRec runs write <run folder>/ig_loss.csv every epoch unless "
         "`log_ig_loss: False` (baselines have no token loss); pass such a run folder or its results JSON."
@@ -433,9 +367,6 @@ def find_ig_loss_csv(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def run_ig_loss(paths: Sequence[str | Path], output: str | Path | None = None) -> dict[str, Path]:
     """Collect runs' ``ig_loss.csv`` into ``ig_loss_by_run.csv`` and plot ``ig_loss.png``."""
-    from recbole_llm.analysis.compare import labels_for
-    from recbole_llm.analysis.plots import plot_ig_loss
-
     found = [find_ig_loss_csv(p) for p in paths]
     labels = labels_for([info for _, info in found])
     frames = []
@@ -473,11 +404,9 @@ def run_ig_loss(paths: Sequence[str | Path], output: str | Path | None = None) -
 
 __all__ = [
     "IGLossTracker",
-    "ReferenceTrie",
     "entropy_by_step",
     "loss_by_ig_group",
     "median_positive_ig",
-    "path_entropies",
     "run_ig_loss",
     "run_ig_stats",
     "zero_ig_statistics",

@@ -30,6 +30,7 @@ from recbole_llm.analysis import (
     select_rows,
     split_target_counts,
 )
+from recbole_llm.analysis.plots import plot_popularity
 
 GROUPINGS = ("items", "interactions")
 
@@ -192,8 +193,6 @@ def run_popularity(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``popularity_groups.csv`` (shares), ``popularity_group_items.csv`` (group contents) and the PNG."""
-    from recbole_llm.analysis.plots import plot_popularity
-
     frames, summaries = [], []
     out = Path(output) if output else None
     k_used = k

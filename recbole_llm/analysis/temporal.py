@@ -28,6 +28,7 @@ from recbole_llm.analysis import (
     rank_items,
     select_rows,
 )
+from recbole_llm.analysis.plots import plot_temporal
 
 
 def reverse_histories(item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -139,8 +140,6 @@ def run_temporal(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``temporal.csv`` and ``temporal.png`` for each run in ``paths``."""
-    from recbole_llm.analysis.plots import plot_temporal
-
     rows: list[dict[str, Any]] = []
     out = Path(output) if output else None
     for run in load_runs(paths, overrides):

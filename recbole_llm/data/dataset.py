@@ -41,6 +41,17 @@ def sample_rows(n_rows: int, n_keep: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_rows, size=n_keep, replace=False))
 
 
+def histories_of(interaction, seq_field: str, len_field: str) -> list[list[int]]:
+    """Each sample's history as a list of item ids, oldest first, padding removed.
+
+    The prompt builders and the analyses read histories as lists; the prepared split pads them to
+    ``MAX_ITEM_LIST_LENGTH`` (see :class:`SharedSplitDataset`), so ``len_field`` says where each ends.
+    """
+    seq = interaction[seq_field].cpu()
+    lens = interaction[len_field].cpu().tolist()
+    return [row[:n].tolist() for row, n in zip(seq, lens, strict=True)]
+
+
 class SharedSplitDataset(SequentialDataset):
     """The prepared (user, history, target) samples, identical for LLMGenRec and RecBole's sequential models."""
 

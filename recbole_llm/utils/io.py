@@ -29,12 +29,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _default_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process umask (read back, then restored)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Write via ``write(tmp)`` into a temp file beside ``path``, fsync it, then ``os.replace`` it in."""
+    """Write via ``write(tmp)`` into a temp file beside ``path``, fsync it, then ``os.replace`` it in.
+
+    The file gets the mode a plain ``open()`` would give it (``0o666`` less the umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _default_mode())  # mkstemp's 0600 would hide results from the group and others
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)

@@ -1,8 +1,7 @@
 """Comparison table of finished runs, like the papers' tables: methods as rows, HR/NDCG@K as columns.
 
-Rows come from results JSONs (``results/<dataset>/<run>-<time>.json``). A row's label is its run name
-(``SASRec``, ``LLMGenRec-igd-d3``) plus the hyper-parameters that distinguish it from other runs of the
-same name (``LLMGenRec-cft-d3 (lambda=0.1)``); for repeated runs of one label the newest is kept
+Rows come from results JSONs (``results/<dataset>/<run>-<time>.json``), labelled by
+:func:`~recbole_llm.reporting.labels.labels_for`; for repeated runs of one label the newest is kept
 unless ``keep_all``. Each metric gets a relative improvement over a chosen base row, and rows
 evaluated on different test samples (different ``test_fingerprint``) are flagged: their numbers are
 not comparable.
@@ -13,168 +12,15 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-DEFAULT_METRICS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
-METRIC_NAMES = {
-    "hit": "HR",
-    "ndcg": "NDCG",
-    "recall": "Recall",
-    "mrr": "MRR",
-    "precision": "Precision",
-    "map": "MAP",
-}
-
-# Hyper-parameters always checked when runs share a name (objective and decoding knobs of the papers).
-LABEL_KEYS = (
-    "beta",
-    "beta_prime",
-    "lambda",
-    "ig_alpha",
-    "temporal_embedding",
-    "cetrec_cf_index",
-    "cft_counterfactual",
-    "tuning",
-    "llm_path",
-    "length_penalty",
-    "prompt_template",
-    "trie_items",
-    "fill",
-)
-# Keys that never change what a run computes (paths, logging, batching that is normalised away).
-IGNORED_KEYS = {
-    "model",
-    "cpu_threads",
-    "log_ig_loss",
-    "dataset",
-    "objective",
-    "decoder",
-    "data_path",
-    "data_root",
-    "results_dir",
-    "checkpoint_dir",
-    "llm_cache_dir",
-    "state",
-    "show_progress",
-    "resume",
-    "evaluate",
-    "gpu_id",
-    "use_gpu",
-    "device",
-    "worker",
-    "log_wandb",
-    "wandb_project",
-    "decode_batch_size",
-    "micro_batch_size",
-    "eval_batch_size",
-    "checkpoint_steps",
-    "mixed_precision",
-    "gradient_checkpointing",
-    "config_files",
-    "benchmark_filename",
-}
-
-
-def metric_title(metric: str) -> str:
-    """``hit@10`` -> ``HR@10`` (the papers' names)."""
-    name, _, k = metric.partition("@")
-    return f"{METRIC_NAMES.get(name.lower(), name)}@{k}" if k else METRIC_NAMES.get(name.lower(), name)
-
-
-def find_result_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Results JSONs given directly or found (non-recursively) in the given folders."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.glob("*.json") if p.is_file()))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(
-                f"{path} does not exist: pass results JSONs or folders such as results/ml-100k."
-            )
-    return files
-
-
-def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Parse results JSONs; files that are not run results (no ``test_result``) are skipped with a note."""
-    results = []
-    for path in find_result_files(paths):
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            print(f"[compare] skipping {path}: not valid JSON ({err})", file=sys.stderr)
-            continue
-        if not isinstance(data, dict) or not isinstance(data.get("test_result"), dict):
-            print(f"[compare] skipping {path}: no test_result (not a results file)", file=sys.stderr)
-            continue
-        data["_path"] = str(path)
-        results.append(data)
-    if not results:
-        raise FileNotFoundError(
-            "No results files found: train a model first (python run_recbole_llm.py ...), which writes "
-            "results/<dataset>/<run>-<time>.json, and pass that folder."
-        )
-    return results
-
-
-def _value(result: dict[str, Any], key: str) -> Any:
-    """The value a run used: resolved ``hyper_parameters`` first (``beta: ~`` is 0.25 there), then config."""
-    resolved = result.get("hyper_parameters") or {}
-    if key in resolved:
-        return resolved[key]
-    config = result.get("config") or {}
-    if key in config:
-        return config[key]
-    return (result.get("overrides") or {}).get(key)
-
-
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list | tuple):
-        return ",".join(_fmt_value(v) for v in value)
-    return str(value)
-
-
-def distinguishing_keys(group: Sequence[dict[str, Any]]) -> list[str]:
-    """Hyper-parameters whose values differ among runs that share one run name (paper knobs first)."""
-    if len(group) < 2:
-        return []
-    candidates = set(LABEL_KEYS)
-    for result in group:
-        candidates.update((result.get("overrides") or {}).keys())
-    candidates -= IGNORED_KEYS
-    varying = [
-        key
-        for key in candidates
-        if len({json.dumps(_value(r, key), sort_keys=True, default=str) for r in group}) > 1
-    ]
-    order = {key: i for i, key in enumerate(LABEL_KEYS)}
-    return sorted(varying, key=lambda k: (order.get(k, len(order)), k))
-
-
-def labels_for(results: Sequence[dict[str, Any]]) -> list[str]:
-    """One label per result: run name plus the hyper-parameters that tell same-named runs apart."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, r in enumerate(results):
-        groups.setdefault((str(r.get("dataset")), _run_name(r)), []).append(i)
-    labels = [""] * len(results)
-    for (_, run), members in groups.items():
-        keys = distinguishing_keys([results[i] for i in members])
-        for i in members:
-            suffix = ", ".join(f"{k}={_fmt_value(_value(results[i], k))}" for k in keys)
-            labels[i] = f"{run} ({suffix})" if suffix else run
-    return labels
-
-
-def _run_name(result: dict[str, Any]) -> str:
-    return str(result.get("run") or result.get("model") or "run")
+from recbole_llm.reporting.labels import DEFAULT_METRICS, labels_for, metric_title
+from recbole_llm.reporting.plots import plot_comparison
+from recbole_llm.reporting.results import load_results, result_run_name
 
 
 def _newest_key(result: dict[str, Any]) -> tuple[str, str]:
@@ -259,7 +105,7 @@ def comparison_table(
         row = {
             "dataset": r.get("dataset"),
             "label": label,
-            "run": _run_name(r),
+            "run": result_run_name(r),
             "model": r.get("model"),
             "objective": r.get("objective"),
             "decoder": r.get("decoder"),
@@ -391,8 +237,6 @@ def run_compare(
     markdown = to_markdown(table, metrics)
     files["md"].write_text(markdown)
     if plot:
-        from recbole_llm.analysis.plots import plot_comparison
-
         files["png"] = plot_comparison(table, [m.lower() for m in metrics], out / "comparison.png")
     print(markdown)
     for warning in fingerprint_warnings(table):
@@ -403,7 +247,7 @@ def run_compare(
 def same_split_report(results_file: str | Path, metrics: Sequence[str] = DEFAULT_METRICS) -> str | None:
     """Markdown table of a fresh run next to the other runs of its results folder on the same test samples.
 
-    Printed at the end of every run so that ``run_recbole_llm.py`` reports an LLM run next to the
+    ``run_recbole_llm.py`` logs it at the end of every run, so an LLM run is reported next to the
     SASRec run of the same split without a second command. Runs on other test samples (another
     ``eval_sample_num``, other data) are left out: their numbers are not comparable. ``None`` when
     the folder holds no other run of this split.
@@ -418,7 +262,7 @@ def same_split_report(results_file: str | Path, metrics: Sequence[str] = DEFAULT
         for r in load_results([path.parent])
         if r.get("test_fingerprint") == fingerprint and r.get("dataset") == own.get("dataset")
     ]
-    if len({_run_name(r) for r in results}) < 2:
+    if len({result_run_name(r) for r in results}) < 2:
         return None
-    base = "SASRec" if any(_run_name(r) == "SASRec" for r in results) else None
+    base = "SASRec" if any(result_run_name(r) == "SASRec" for r in results) else None
     return to_markdown(comparison_table(results, base=base, metrics=metrics), metrics)

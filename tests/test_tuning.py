@@ -1,4 +1,5 @@
-"""run_hyper.py: params files, selection direction, trial table; end to end on SASRec with RecBole's HyperTuning."""
+"""recbole_llm.tuning (run_hyper.py): params files, selection direction, trial table; end to end on SASRec
+with RecBole's HyperTuning."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pandas as pd
 import pytest
 
 import run_hyper
+from recbole_llm import tuning
+from recbole_llm.model.decoding.settings import DECODING_KEYS
 from tests.fixtures import write_prepared
 
 
@@ -29,7 +32,7 @@ def test_params_file_parsing(tmp_path):
         "hidden_size quniform 32, 128, 32\n"
         "prompt_template choice ['d3', 'igd']\n",
     )
-    assert run_hyper.parse_params_file(path) == {
+    assert tuning.parse_params_file(path) == {
         "lambda": ("choice", [0.01, 0.05, 0.1]),
         "dropout_prob": ("uniform", [0.1, 0.5]),
         "learning_rate": ("loguniform", [-9.2, -4.6]),
@@ -52,7 +55,7 @@ def test_params_file_parsing(tmp_path):
 )
 def test_bad_params_files_say_what_to_fix(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
-        run_hyper.parse_params_file(_params(tmp_path, text))
+        tuning.parse_params_file(_params(tmp_path, text))
 
 
 def _rec(score, bigger):
@@ -60,12 +63,12 @@ def _rec(score, bigger):
 
 
 def test_best_trial_follows_the_validation_direction():
-    assert run_hyper.best_trial([_rec(0.2, True), _rec(0.5, True), _rec(0.5, True), _rec(0.1, True)]) == 1
-    assert run_hyper.best_trial([_rec(2.0, False), _rec(1.5, False), _rec(1.7, False)]) == 1
+    assert tuning.best_trial([_rec(0.2, True), _rec(0.5, True), _rec(0.5, True), _rec(0.1, True)]) == 1
+    assert tuning.best_trial([_rec(2.0, False), _rec(1.5, False), _rec(1.7, False)]) == 1
     # RecBole's own tracker treats a best score of 0.0 as "none yet"; ours does not
-    assert run_hyper.best_trial([_rec(0.0, False), _rec(0.3, False)]) == 0
-    assert run_hyper.best_trial([_rec(math.nan, True), _rec(0.1, True)]) == 1
-    assert run_hyper.best_trial([]) is None
+    assert tuning.best_trial([_rec(0.0, False), _rec(0.3, False)]) == 0
+    assert tuning.best_trial([_rec(math.nan, True), _rec(0.1, True)]) == 1
+    assert tuning.best_trial([]) is None
 
 
 def test_loss_is_minimised_through_recbole_hypertuning(tmp_path, monkeypatch):
@@ -152,8 +155,8 @@ def test_llm_search_on_loss_refuses_decoding_only_keys(tmp_path, monkeypatch):
     params = _params(tmp_path, "ig_alpha choice [0.0, 0.2]\n")
     with pytest.raises(ValueError, match="valid_metric=NDCG@10"):
         run_hyper.main(["--model=LLMGenRec", "--dataset=tiny", f"--params_file={params}"])
-    run_hyper.check_selection("LLMGenRec", "NDCG@10", run_hyper.parse_params_file(params))  # fine on a metric
-    run_hyper.check_selection("SASRec", "loss", run_hyper.parse_params_file(params))  # not an LLM key there
+    tuning.check_selection("LLMGenRec", "NDCG@10", tuning.parse_params_file(params))  # fine on a metric
+    tuning.check_selection("SASRec", "loss", tuning.parse_params_file(params))  # not an LLM key there
 
 
 def test_every_llm_hyper_file_parses_and_names_known_keys():
@@ -167,7 +170,7 @@ def test_every_llm_hyper_file_parses_and_names_known_keys():
     for path in files:
         model = "LLMGenRec" if path.stem.startswith("LLMGenRec") else path.stem
         config = known.get(model) or Config(model=model, dataset="tiny").final_config_dict
-        for name in run_hyper.parse_params_file(path):
+        for name in tuning.parse_params_file(path):
             assert name in config, f"{path}: {name} is not a {model} setting"
 
 
@@ -205,3 +208,10 @@ def test_end_to_end_grid_on_llmgenrec_selects_the_lowest_loss(tmp_path, monkeypa
     assert "lower is better" in (out["output"] / "hyper_trials.md").read_text()
     for record in records:
         assert (tmp_path / record["results_file"]).is_file()
+
+
+@pytest.mark.parametrize("key", DECODING_KEYS)
+def test_every_decoding_key_is_refused_on_the_validation_loss(key):
+    """DecodingSettings' keys never change the loss, so a loss-selected search over one is arbitrary."""
+    with pytest.raises(ValueError, match=f"{key} only change decoding"):
+        tuning.check_selection("LLMGenRec", "loss", {key: ("choice", [1, 2])})

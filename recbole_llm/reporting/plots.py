@@ -1,0 +1,92 @@
+"""Matplotlib figures of reports: grouped bars, the comparison plot, and saving (Agg backend, no display).
+
+matplotlib is imported on first use only: reading and tabling results needs no plotting library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from recbole_llm.reporting.labels import metric_title
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display needed)."""
+    import matplotlib  # deferred: heavy plotting library, only needed when a figure is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: as above, only when a figure is drawn
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a 150-dpi PNG at ``path`` (folders created) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    pyplot().close(fig)
+    return path
+
+
+def grouped_bars(
+    ax,
+    categories: Sequence[str],
+    series: dict[str, Sequence[float]],
+    ylabel: str,
+    percent: bool = False,
+    annotate: bool = True,
+    colors: dict[str, str] | None = None,
+) -> None:
+    """Bars of several series side by side for each category (NaN bars are left out).
+
+    ``colors`` fixes a series' colour, so one condition looks the same in every panel.
+    """
+    n = max(1, len(series))
+    width = 0.8 / n
+    for i, (name, values) in enumerate(series.items()):
+        xs = [c + (i - (n - 1) / 2) * width for c in range(len(categories))]
+        missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
+        heights = [0.0 if m else float(v) for v, m in zip(values, missing, strict=True)]
+        color = (colors or {}).get(name)
+        bars = ax.bar(xs, [h * (100 if percent else 1) for h in heights], width, label=name, color=color)
+        if annotate and len(categories) * n <= 40:
+            fmt = "{:.1f}" if percent else "{:.3g}"
+            labels = [
+                "n/a" if m else fmt.format(h * (100 if percent else 1))
+                for h, m in zip(heights, missing, strict=True)
+            ]
+            ax.bar_label(bars, labels=labels, fontsize=7)
+    ax.set_xticks(range(len(categories)))
+    ax.set_xticklabels(categories)
+    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
+    if percent:
+        ax.axhline(0, color="black", linewidth=0.8)
+    ax.legend(fontsize=8)
+
+
+def plot_comparison(table: pd.DataFrame, metrics: Sequence[str], path: str | Path) -> Path:
+    """Bars of each method's metrics, one panel per dataset."""
+    plt = pyplot()
+    datasets = list(dict.fromkeys(table["dataset"]))
+    fig, axes = plt.subplots(
+        len(datasets), 1, figsize=(max(6, 1.6 * len(metrics) + 0.4 * len(table)), 4 * len(datasets))
+    )
+    axes = [axes] if len(datasets) == 1 else list(axes)
+    for ax, dataset in zip(axes, datasets, strict=True):
+        sub = table[table["dataset"] == dataset]
+        several_sets = "test_set" in sub and len({c for c in sub["test_set"] if c}) > 1
+        series = {
+            row["label"] + (f" [test set {row['test_set']}]" if several_sets else ""): [
+                row[m] for m in metrics
+            ]
+            for _, row in sub.iterrows()
+        }
+        grouped_bars(ax, [metric_title(m) for m in metrics], series, "test metric", annotate=len(series) <= 6)
+        ax.set_title(f"{dataset}: test metrics")
+    return save_figure(fig, path)
