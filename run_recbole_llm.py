@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from recbole_llm.quick_start import run_recbole_llm
-from recbole_llm.trainer.llm_trainer import TrainingStopped
+from recbole_llm.trainer import TrainingStopped
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
