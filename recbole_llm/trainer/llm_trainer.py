@@ -324,24 +324,13 @@ class LLMTrainer(ResumableTraining, Trainer):
     _last_epoch = 0
     _validating = False
 
-    def _term_means(self, losses) -> dict[str, float] | None:
-        """The epoch's mean of each loss term by name (``_train_epoch`` returns them in sorted name order)."""
-        names = sorted(self.unwrapped.objective.term_names)
-        if not isinstance(losses, tuple) or len(losses) != len(names):
-            return None
-        return dict(zip(names, losses, strict=True))
-
-    def _objective_loss(self, means: dict[str, float]) -> float:
-        """Σ coefficient · term mean: the terms are already normalised (denominator 1)."""
-        return weighted_total(means, dict.fromkeys(means, 1.0), self.unwrapped.loss_coefficients)
-
     def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
         """RecBole's line, with the loss terms named (``causal``, ``normal``) instead of ``train_loss1/2``."""
-        means = self._term_means(losses)
+        means = _term_means(self.unwrapped, losses)
         if means is None:
             return super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
         coef = self.unwrapped.loss_coefficients
-        total = self._objective_loss(means)
+        total = _objective_loss(self.unwrapped, means)
         des = self.config["loss_decimal_place"] or 4
         terms = ", ".join(
             f"{set_color(name, 'blue')} (×{coef[name]:g}): {value:.{des}f}" for name, value in means.items()
@@ -356,10 +345,10 @@ class LLMTrainer(ResumableTraining, Trainer):
 
         ``_train_epoch`` returns one mean per loss term, in sorted term-name order.
         """
-        means = self._term_means(losses)
+        means = _term_means(self.unwrapped, losses)
         if means is None:
             return super()._add_train_loss_to_tensorboard(epoch_idx, losses, tag)
-        self.tensorboard.add_scalar(tag, self._objective_loss(means), epoch_idx)
+        self.tensorboard.add_scalar(tag, _objective_loss(self.unwrapped, means), epoch_idx)
         if len(means) > 1:
             for name, value in means.items():
                 self.tensorboard.add_scalar(f"{tag}/{name}", value, epoch_idx)
@@ -463,6 +452,19 @@ class LLMTrainer(ResumableTraining, Trainer):
                 self.tensorboard.add_scalar(f"Test/{name}", value, self._last_epoch)
             self.tensorboard.flush()
         return result
+
+
+def _term_means(model, losses) -> dict[str, float] | None:
+    """The epoch's mean of each loss term by name (``_train_epoch`` returns them in sorted name order)."""
+    names = sorted(model.objective.term_names)
+    if not isinstance(losses, tuple) or len(losses) != len(names):
+        return None
+    return dict(zip(names, losses, strict=True))
+
+
+def _objective_loss(model, means: dict[str, float]) -> float:
+    """Σ coefficient · term mean: the means are already normalised (denominator 1)."""
+    return weighted_total(means, dict.fromkeys(means, 1.0), model.loss_coefficients)
 
 
 def _own_tensorboard(writer, name: str):
