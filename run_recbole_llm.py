@@ -28,7 +28,7 @@ from recbole.utils import set_color
 
 from recbole_llm.quick_start import run_recbole_llm
 from recbole_llm.reporting.compare import same_split_report
-from recbole_llm.trainer.llm_trainer import TrainingStopped
+from recbole_llm.trainer import TrainingStopped
 
 
 def log_same_split_report(results_file: str, logger: Logger | None = None) -> None:

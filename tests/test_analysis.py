@@ -12,18 +12,16 @@ import pandas as pd
 import pytest
 import torch
 
-from recbole_llm.analysis import Run, evaluate_ranked, rank_items
+from recbole_llm.analysis import Run, rank_items
 from recbole_llm.analysis.ig_stats import (
-    IGLossTracker,
     entropy_by_step,
     item_path_entropies,
-    loss_by_ig_group,
-    median_positive_ig,
     run_ig_loss,
     zero_ig_statistics,
 )
 from recbole_llm.analysis.popularity import group_shares, popularity_groups
 from recbole_llm.analysis.temporal import change_rate, list_change_rates, reverse_histories
+from recbole_llm.trainer.ig_loss import IGLossTracker
 from run_recbole_llm import log_same_split_report
 from tests.fixtures import TITLES, write_prepared
 from tests.oracles import ReferenceTrie, path_entropies
@@ -65,14 +63,6 @@ def test_list_change_rates_and_change_rate():
     assert list_change_rates(a, b) == {"list_changed": 0.5, "set_changed": 0.25}
     assert change_rate(0.10, 0.08) == pytest.approx(-0.2)
     assert math.isnan(change_rate(0.0, 0.1))
-
-
-def test_evaluate_ranked_uses_recbole_metrics_by_hand():
-    ranked = torch.tensor([[3, 5, 7], [1, 2, 4], [9, -1, -1]])
-    result = evaluate_ranked(ranked, torch.tensor([5, 8, 9]), {"metrics": ["Hit", "NDCG"], "topk": [1, 3]})
-    assert result["hit@1"] == pytest.approx(1 / 3, abs=1e-6)
-    assert result["hit@3"] == pytest.approx(2 / 3, abs=1e-6)
-    assert result["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1) / 3, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- a fake generative model
@@ -251,62 +241,6 @@ def test_ig_stats_analysis_matches_reference_trie(tiny_run):
     diff = steps[steps["source"] == "difference"].set_index("step")["mean_entropy"]
     pred = steps[steps["source"] == "predicted"].set_index("step")["mean_entropy"]
     assert diff[1] == pytest.approx(pred[1] - truth[1])
-
-
-def test_loss_by_ig_group_and_median():
-    losses = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
-    ig = torch.tensor([0.0, 0.5, 1.0, 2.0, 0.0])
-    assert loss_by_ig_group(losses, ig) == {"zero": (6.0, 2), "low": (5.0, 2), "high": (4.0, 1)}
-    assert loss_by_ig_group(losses, ig, 0.6) == {"zero": (6.0, 2), "low": (2.0, 1), "high": (7.0, 2)}
-    # weighted lower median of the positive values 1 (w 1), 2 (w 1), 3 (w 3): cumulative 1, 2, 5 >= 2.5 -> 3
-    assert median_positive_ig(torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.tensor([5.0, 1.0, 1.0, 3.0])) == 3.0
-    assert math.isnan(median_positive_ig(torch.zeros(3)))
-    with pytest.raises(ValueError, match="one IG per token"):
-        loss_by_ig_group(losses, ig[:3])
-
-
-class _Board:
-    def __init__(self):
-        self.scalars = []
-
-    def add_scalar(self, tag, value, step):
-        self.scalars.append((tag, value, step))
-
-
-def test_ig_loss_tracker_writes_epochs_and_tensorboard(tmp_path):
-    board = _Board()
-    tracker = IGLossTracker(tmp_path / "run" / "ig_loss.csv", threshold=0.6, tensorboard=board)
-    tracker.update(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.5]))
-    tracker.update(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0]))
-    assert tracker.flush(0) == {"zero": 2.0, "low": 2.0, "high": 4.0}
-    vocab = 7  # zero logits: every token's cross-entropy is log(vocab)
-    tracker.update_from_logits(
-        torch.zeros(3, vocab), torch.tensor([1, 2, -100]), torch.tensor([0.0, 0.0, 5.0])
-    )
-    assert tracker.flush(1)["zero"] == pytest.approx(math.log(vocab))
-    frame = pd.read_csv(tmp_path / "run" / "ig_loss.csv")
-    assert frame[frame["epoch"] == 0].set_index("group")["tokens"].to_dict() == {
-        "zero": 2,
-        "low": 1,
-        "high": 1,
-    }
-    assert frame[frame["epoch"] == 1].set_index("group")["tokens"].to_dict() == {
-        "zero": 2,
-        "low": 0,
-        "high": 0,
-    }
-    assert ("IG_loss/high", 4.0, 0) in board.scalars and not any(
-        s[2] == 1 and s[0] == "IG_loss/low" for s in board.scalars
-    )
-    files = run_ig_loss([tmp_path / "run"], output=tmp_path / "out")
-    assert files["png"].stat().st_size > 1000 and len(pd.read_csv(files["csv"])) == 6
-
-
-def test_tracker_threshold_from_item_token_table():
-    table = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 9.0], [2.0, 0.0, 0.0]])
-    lengths = torch.tensor([0, 3, 2])  # item 1's padding (index 2 of item 2) is not a token
-    tracker = IGLossTracker.for_token_table("unused.csv", table, lengths, torch.tensor([0.0, 1.0, 5.0]))
-    assert tracker.threshold == 2.0  # positives 1 (w 1), 9 (w 1), 2 (w 5): weighted lower median = 2
 
 
 # ----------------------------------------------------------------------------- end to end on SASRec
@@ -611,6 +545,17 @@ def test_every_command_on_a_finished_llm_run(finished_llm_run, monkeypatch):
         "ig_entropy_steps.png",
         "ig_loss.png",
     }
+
+
+def test_ig_loss_command_on_two_epochs(tmp_path):
+    tracker = IGLossTracker(tmp_path / "run" / "ig_loss.csv", threshold=0.6)
+    tracker.update(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.5]))
+    tracker.update(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0]))
+    tracker.flush(0)
+    tracker.update_from_logits(torch.zeros(3, 7), torch.tensor([1, 2, -100]), torch.tensor([0.0, 0.0, 5.0]))
+    tracker.flush(1)
+    files = run_ig_loss([tmp_path / "run"], output=tmp_path / "out")
+    assert files["png"].stat().st_size > 1000 and len(pd.read_csv(files["csv"])) == 6
 
 
 def test_ig_loss_command_on_a_single_epoch(tmp_path):

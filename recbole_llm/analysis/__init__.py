@@ -6,9 +6,10 @@
     python -m recbole_llm.analysis ig-stats RESULTS.json [...]
     python -m recbole_llm.analysis ig-loss saved/LLMGenRec-ml-100k-.../ [...]
 
-This module holds what every analysis shares: reloading runs, ranking items the same way for the
-generative model and RecBole's baselines, and scoring ranked lists with RecBole's own metric classes.
-``compare`` is :mod:`recbole_llm.reporting`, which reads results JSONs only.
+This module holds what every analysis shares: reloading runs and ranking items the same way for the
+generative model and RecBole's baselines. Ranked lists are scored by the trainer's own scoring
+(:mod:`recbole_llm.trainer.evaluation`, RecBole's metric classes), so an analysis's metrics are the run's.
+Comparison tables of results JSONs are :mod:`recbole_llm.reporting`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import torch
 from recbole_llm.data.dataset import histories_of
 from recbole_llm.quick_start import load_trained
 from recbole_llm.reporting.labels import labels_for
+from recbole_llm.trainer.evaluation import evaluate_ranked, ranked_to_topk
+from recbole_llm.trainer.precision import resolve_mixed_precision
 from recbole_llm.utils.runs import find_run
-
-# Metrics that RecBole computes from ``rec.topk`` alone (what a ranked list can feed).
-TOPK_METRICS = {"hit", "ndcg", "mrr", "recall", "precision", "map"}
 
 
 class Run(NamedTuple):
@@ -55,8 +55,6 @@ def decoding_precision(model):
     config = getattr(model, "config", None)
     if config is None or not is_generative(model):
         return contextlib.nullcontext()
-    from recbole_llm.trainer.llm_trainer import resolve_mixed_precision
-
     device = model_device(model, config)
     device_type = torch.device(device).type if device is not None else "cpu"
     precision = resolve_mixed_precision(config["mixed_precision"], device_type == "cuda")
@@ -95,48 +93,6 @@ def rank_items(model, interaction, k: int, without_history: bool = False) -> tor
     if k_eff < k:
         ranked = torch.cat([ranked, torch.full((ranked.shape[0], k - k_eff), -1, dtype=ranked.dtype)], dim=1)
     return ranked
-
-
-def ranked_to_topk(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """RecBole's ``rec.topk`` rows (hit flags per rank, then the number of positives = 1).
-
-    Same layout as :func:`recbole_llm.trainer.llm_trainer.ranked_to_topk`; kept here so analyses of
-    baselines do not import the LLM trainer. ``-1`` slots never hit.
-    """
-    hits = (ranked == targets.view(-1, 1)).int()
-    return torch.cat([hits, torch.ones_like(hits[:, :1])], dim=1)
-
-
-def evaluate_ranked(
-    ranked: torch.Tensor, targets: torch.Tensor, config, decimals: int = 6
-) -> dict[str, float]:
-    """HR@K, NDCG@K, ... of ranked lists, computed by RecBole's own metric classes.
-
-    ``config`` gives ``metrics`` and ``topk`` (a RecBole ``Config`` or a plain dict); metrics that need
-    more than ``rec.topk`` (coverage, popularity) are skipped. Lists shorter than max(topk) are padded
-    with ``-1`` (never a hit).
-    """
-    from recbole.config import Config as RecBoleConfig
-    from recbole.evaluator import Evaluator
-    from recbole.evaluator.collector import DataStruct
-
-    if not hasattr(np, "float"):
-        # RecBole's metric classes use np.float; its Config installs these aliases, a plain dict does not.
-        RecBoleConfig.compatibility_settings(None)
-    topk = list(config["topk"])
-    metrics = [m for m in config["metrics"] if m.lower() in TOPK_METRICS]
-    if not metrics:
-        raise ValueError(
-            f"No ranking metric in metrics={config['metrics']}: use Hit, NDCG, MRR, Recall or Precision."
-        )
-    width = max(topk)
-    if ranked.shape[1] < width:
-        pad = torch.full((ranked.shape[0], width - ranked.shape[1]), -1, dtype=ranked.dtype)
-        ranked = torch.cat([ranked, pad], dim=1)
-    struct = DataStruct()
-    struct.set("rec.topk", ranked_to_topk(ranked[:, :width].cpu(), targets.cpu()))
-    evaluator = Evaluator({"metrics": metrics, "topk": topk, "metric_decimal_place": decimals})
-    return {k: float(v) for k, v in evaluator.evaluate(struct).items()}
 
 
 def select_rows(n_rows: int, max_rows: int | None, seed: int) -> np.ndarray:

@@ -9,13 +9,12 @@ single child, i.e. the token decides nothing.
 * Table 4: share of zero-IG tokens among the target tokens of the training samples (and of the catalogue).
 * Fig. 1-3: mean entropy of the node reached after each decoding step, for the model's top-K items
   and for the ground-truth items; predictions with higher entropy favour low-IG tokens.
-* §4.2.1: mean token loss of zero-, low- and high-IG tokens during training, per epoch
-  (:class:`IGLossTracker`, called by the trainer; ``ig-loss`` plots what it wrote).
+* §4.2.1: mean token loss of zero-, low- and high-IG tokens during training, per epoch: written by the
+  trainer (:class:`recbole_llm.trainer.ig_loss.IGLossTracker`); ``ig-loss`` plots what it wrote.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,10 +42,8 @@ from recbole_llm.config import Config
 from recbole_llm.model.trie import TitleTrie
 from recbole_llm.quick_start import load_run
 from recbole_llm.reporting.labels import labels_for
+from recbole_llm.trainer.ig_loss import ZERO_TOL, median_positive_ig
 from recbole_llm.utils.runs import find_in_run
-
-IG_GROUPS = ("zero", "low", "high")
-ZERO_TOL = 1e-9
 
 
 def item_path_entropies(trie, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,117 +87,6 @@ def entropy_by_step(values: torch.Tensor, valid: torch.Tensor) -> tuple[np.ndarr
     sums = torch.where(valid, values.double(), torch.zeros((), dtype=torch.float64)).sum(0)
     means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, math.nan))
     return means.numpy(), counts.numpy()
-
-
-def median_positive_ig(token_ig: torch.Tensor, weights: torch.Tensor | None = None) -> float:
-    """(Weighted, lower) median of the positive IG values: the low/high split of IGD §4.2.1.
-
-    ``weights`` counts how often each token occurs (e.g. its item's training-target count), so the
-    median is over training tokens as the loss sees them. NaN when no token has positive IG.
-    """
-    ig = torch.as_tensor(token_ig, dtype=torch.float64).reshape(-1)
-    w = torch.ones_like(ig) if weights is None else torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
-    keep = (ig > ZERO_TOL) & (w > 0)
-    ig, w = ig[keep], w[keep]
-    if len(ig) == 0:
-        return math.nan
-    order = torch.argsort(ig, stable=True)
-    ig, cum = ig[order], torch.cumsum(w[order], 0)
-    return float(ig[int(torch.searchsorted(cum, cum[-1] / 2))])
-
-
-def loss_by_ig_group(
-    token_losses: torch.Tensor, token_ig: torch.Tensor, low_high_threshold: float | None = None
-) -> dict[str, tuple[float, int]]:
-    """``{group: (loss sum, token count)}`` for zero IG, low IG (``0 < IG <= threshold``) and high IG.
-
-    ``low_high_threshold`` defaults to the median positive IG of the given tokens; pass a fixed value
-    (the dataset-level median, see :func:`median_positive_ig`) to keep groups stable across batches.
-    """
-    loss = torch.as_tensor(token_losses).detach().reshape(-1).double().cpu()
-    ig = torch.as_tensor(token_ig).detach().reshape(-1).double().cpu()
-    if loss.shape != ig.shape:
-        raise ValueError(
-            f"token_losses has {loss.numel()} values but token_ig has {ig.numel()}: one IG per token."
-        )
-    threshold = median_positive_ig(ig) if low_high_threshold is None else float(low_high_threshold)
-    zero = ig.abs() <= ZERO_TOL
-    low = ~zero & (ig <= threshold) if not math.isnan(threshold) else torch.zeros_like(zero)
-    high = ~zero & ~low
-    return {
-        name: (float(loss[m].sum()), int(m.sum()))
-        for name, m in zip(IG_GROUPS, (zero, low, high), strict=True)
-    }
-
-
-class IGLossTracker:
-    """Accumulates token losses by IG group over an epoch, then writes ``ig_loss.csv`` and TensorBoard scalars.
-
-    The trainer calls :meth:`update` (or :meth:`update_from_logits`) for every training micro-batch and
-    :meth:`flush` once per epoch. CSV columns: ``epoch, group, mean_loss, tokens, threshold``.
-    """
-
-    def __init__(self, csv_path: str | Path, threshold: float | None = None, tensorboard=None):
-        self.csv_path = Path(csv_path)
-        self.threshold = threshold
-        self.tensorboard = tensorboard
-        self._reset()
-
-    @classmethod
-    def for_token_table(
-        cls,
-        csv_path: str | Path,
-        token_ig: torch.Tensor,
-        lengths: torch.Tensor,
-        popularity: torch.Tensor,
-        tensorboard=None,
-    ) -> IGLossTracker:
-        """Tracker whose low/high split is the median positive IG over the training target tokens.
-
-        ``token_ig[i, :lengths[i]]`` is the IG of item ``i``'s title tokens (LLMGenRec's ``item_token_ig``
-        and ``item_lengths``); ``popularity[i]`` (its training-target count) weights those tokens.
-        """
-        token_ig = token_ig.detach().cpu()
-        valid = torch.arange(token_ig.shape[1]).unsqueeze(0) < lengths.detach().cpu().view(-1, 1)
-        weights = popularity.detach().cpu().double()[: token_ig.shape[0]].unsqueeze(1).expand_as(token_ig)
-        return cls(csv_path, median_positive_ig(token_ig[valid], weights[valid]), tensorboard)
-
-    def _reset(self) -> None:
-        self._sums = dict.fromkeys(IG_GROUPS, 0.0)
-        self._counts = dict.fromkeys(IG_GROUPS, 0)
-
-    def update(self, token_losses: torch.Tensor, token_ig: torch.Tensor) -> None:
-        for name, (total, count) in loss_by_ig_group(token_losses, token_ig, self.threshold).items():
-            self._sums[name] += total
-            self._counts[name] += count
-
-    @torch.no_grad()
-    def update_from_logits(self, logits: torch.Tensor, labels: torch.Tensor, token_ig: torch.Tensor) -> None:
-        """Per-token cross-entropy of target logits ``[T, V]`` and labels ``[T]`` (``-100`` ignored)."""
-        keep = labels != -100
-        losses = torch.nn.functional.cross_entropy(
-            logits[keep].detach().float(), labels[keep], reduction="none"
-        )
-        self.update(losses, token_ig.to(keep.device)[keep])
-
-    def flush(self, epoch: int, tensorboard=None) -> dict[str, float]:
-        """Append this epoch's means to the CSV (and TensorBoard ``IG_loss/<group>``), then reset."""
-        means = {g: self._sums[g] / self._counts[g] if self._counts[g] else math.nan for g in IG_GROUPS}
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.csv_path.is_file()
-        with self.csv_path.open("a", newline="") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(["epoch", "group", "mean_loss", "tokens", "threshold"])
-            for g in IG_GROUPS:
-                writer.writerow([epoch, g, means[g], self._counts[g], self.threshold])
-        writer_tb = tensorboard or self.tensorboard
-        if writer_tb is not None:
-            for g in IG_GROUPS:
-                if self._counts[g]:
-                    writer_tb.add_scalar(f"IG_loss/{g}", means[g], epoch)
-        self._reset()
-        return means
 
 
 # ----------------------------------------------------------------------------- ig-stats command
@@ -403,10 +289,7 @@ def run_ig_loss(paths: Sequence[str | Path], output: str | Path | None = None) -
 
 
 __all__ = [
-    "IGLossTracker",
     "entropy_by_step",
-    "loss_by_ig_group",
-    "median_positive_ig",
     "run_ig_loss",
     "run_ig_stats",
     "zero_ig_statistics",

@@ -9,100 +9,38 @@ are scored by RecBole's own metric classes (``rec.topk``), exactly like SASRec's
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 from recbole.trainer import Trainer
 from recbole.utils import EvaluatorType, early_stopping, get_local_time, set_color
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from recbole_llm.model.grounding import GROUNDING_RULES
+from recbole_llm.model.llm_gen_rec import load_ensemble_model
+from recbole_llm.model.objectives import weighted_total
 from recbole_llm.trainer.batching import plan_epoch, shard
-from recbole_llm.utils.checkpoint import (
-    capture_rng_state,
-    load_training_state,
-    restore_rng_state,
-    save_training_state,
-)
-
-# Signals that stop training gracefully: finish the optimizer step, save a resumable state, exit.
-STOP_SIGNALS = {signal.SIGTERM: 143, signal.SIGINT: 130}  # exit codes 128 + signal number
+from recbole_llm.trainer.evaluation import ranked_to_topk, score_ranked
+from recbole_llm.trainer.ig_loss import IGLossTracker
+from recbole_llm.trainer.precision import enable_deterministic_algorithms, resolve_mixed_precision
+from recbole_llm.trainer.resume import ResumableTraining, empty_epoch_sums
+from recbole_llm.utils.checkpoint import restore_rng_state
+from recbole_llm.utils.io import write_json_atomic
+from recbole_llm.utils.results import config_snapshot, jsonable, run_name
 
 
-class TrainingStopped(KeyboardInterrupt):
-    """Training was stopped by SIGTERM / SIGINT after a resumable state was saved in ``run_dir/last``.
-
-    A ``KeyboardInterrupt`` so that a broad ``except Exception`` never swallows the stop.
-    """
-
-    def __init__(self, run_dir: Path, signum: int):
-        self.run_dir = Path(run_dir)
-        self.signum = int(signum)
-        self.exit_code = STOP_SIGNALS.get(signum, 1)
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        super().__init__(
-            f"Training stopped by {name}; its state is saved in {self.run_dir / 'last'}. "
-            f"Continue it with: python run_recbole_llm.py --resume={self.run_dir}"
-        )
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 autocast is ~2.5x faster than fp32 there (measured: 430 vs 160 tokens/s)."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-def resolve_mixed_precision(value: str | None, use_gpu: bool = True) -> str:
-    """``auto`` = bf16 where the hardware runs it fast (bf16 GPUs, AVX512-BF16/AMX CPUs), else fp32."""
-    value = (value or "auto").lower()
-    if value == "auto":
-        if use_gpu and torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "no"
-        return "bf16" if cpu_has_fast_bf16() else "no"
-    if value not in {"no", "bf16", "fp16"}:
-        raise ValueError(f"mixed_precision must be one of auto, no, bf16, fp16; got {value!r}.")
-    return value
-
-
-def ranked_to_topk(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """RecBole's ``rec.topk`` rows from ranked item lists: hit flags per rank, then the number of positives.
-
-    ``ranked`` is ``[B, K]`` item ids, ``-1`` where a list is shorter than K (never a hit), so short
-    lists are scored as short lists and no arbitrary ``torch.topk`` tie order enters the metrics.
-    """
-    hits = (ranked == targets.unsqueeze(1)).int()
-    return torch.cat([hits, torch.ones_like(hits[:, :1])], dim=1)
-
-
-def enable_deterministic_algorithms() -> None:
-    """Bit-reproducible GPU runs (``deterministic_algorithms: True``), at some speed cost.
-
-    RecBole's ``reproducibility`` only fixes cuDNN; CUDA matmuls (cuBLAS workspaces) and scatter/index
-    backward passes (atomic adds) stay non-deterministic unless PyTorch is told otherwise. The cuBLAS
-    setting must precede the first cuBLAS call, hence before the model reaches the GPU. Operations
-    without a deterministic kernel only warn (``warn_only``) instead of stopping the run.
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-class LLMTrainer(Trainer):
+class LLMTrainer(ResumableTraining, Trainer):
     """Fine-tunes an :class:`~recbole_llm.model.LLMGenRec` and evaluates it generatively."""
 
     def __init__(self, config, model):
-        from accelerate import Accelerator
-
         if config["deterministic_algorithms"]:
             enable_deterministic_algorithms()
         self.accelerator = Accelerator(
@@ -128,7 +66,7 @@ class LLMTrainer(Trainer):
         self._stop_signal: int | None = None  # set by the SIGTERM / SIGINT handler
         self._resume_rng: dict[str, Any] | None = None  # restored right before the first step
         # Running loss sums of the current epoch: saved mid-epoch, so a resumed epoch reports the same loss.
-        self._epoch_sums: dict[str, dict[str, float]] = {"sums": {}, "weight_sums": {}}
+        self._epoch_sums: dict[str, dict[str, float]] = empty_epoch_sums()
         # RecBole names the TensorBoard folder after the first log file of the process (logging.basicConfig
         # keeps the first handler: later runs of one process, or pytest's /dev/null handler, would share
         # it); one folder per run, named like the run folder, keeps runs apart.
@@ -161,8 +99,6 @@ class LLMTrainer(Trainer):
                     f"length_penalty={config['length_penalty']!r} must be a number (d3: 0, constrained: 1)."
                 ) from None
         if model.decoder == "bigrec":
-            from recbole_llm.model.grounding import GROUNDING_RULES
-
             if str(config["bigrec_rank"] or "bigrec") not in GROUNDING_RULES:
                 raise ValueError(
                     f"bigrec_rank={config['bigrec_rank']!r}: choose one of {', '.join(GROUNDING_RULES)}."
@@ -175,8 +111,6 @@ class LLMTrainer(Trainer):
                 f"ensemble_weight={gs} must be in [0, 1] (1 = the LLM alone, as without an ensemble)."
             )
         if gs < 1.0 and model._ensemble_model is None:
-            from recbole_llm.model.llm_gen_rec import load_ensemble_model
-
             model.set_ensemble_model(
                 load_ensemble_model(config, model.n_items)
             )  # missing / mismatched: raises
@@ -207,10 +141,9 @@ class LLMTrainer(Trainer):
     def _micro_step(self, samples, denominators: dict[str, torch.Tensor]) -> dict[str, float]:
         """Forward + backward of one micro-batch; the loss is pre-divided by the effective-batch totals."""
         terms = self.model(samples)
-        loss = sum(
-            self.unwrapped.loss_coefficients[name] * num / denominators[name].clamp_min(1e-12)
-            for name, num in terms.items()
-        )
+        # As floats, the totals stay CPU scalars: a CUDA numerator is divided as before (num · (1/den)).
+        totals = {name: float(den) for name, den in denominators.items()}
+        loss = weighted_total(terms, totals, self.unwrapped.loss_coefficients)
         self._check_nan(loss)
         self.accelerator.backward(loss * self.accelerator.num_processes)
         return {name: float(num.detach()) for name, num in terms.items()}
@@ -233,7 +166,7 @@ class LLMTrainer(Trainer):
         )
         self.model.train()
         if self.start_step == 0:
-            self._epoch_sums = {"sums": {}, "weight_sums": {}}
+            self._epoch_sums = empty_epoch_sums()
         sums, weight_sums = self._epoch_sums["sums"], self._epoch_sums["weight_sums"]
         bar = tqdm(
             total=len(plan),
@@ -263,9 +196,7 @@ class LLMTrainer(Trainer):
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.global_step += 1
-            loss_now = sum(
-                self.unwrapped.loss_coefficients[k] * sums[k] / max(weight_sums[k], 1e-12) for k in sums
-            )
+            loss_now = weighted_total(sums, weight_sums, self.unwrapped.loss_coefficients)
             bar.set_postfix(loss=f"{loss_now:.4f}")
             bar.update(1)
             if self._should_checkpoint(step + 1, len(plan)) or self._stop_signal is not None:
@@ -295,11 +226,9 @@ class LLMTrainer(Trainer):
                 terms = self.model(dataset.inter_feat[torch.from_numpy(micro)].to(self.device))
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
-        total = 0.0
-        for name, den in dens.items():
-            value = self.accelerator.reduce(sums.get(name, torch.zeros((), device=self.device)), "sum")
-            total += self.unwrapped.loss_coefficients[name] * float(value) / max(float(den), 1e-12)
-        return total
+        zero = torch.zeros((), device=self.device)
+        totals = {name: float(self.accelerator.reduce(sums.get(name, zero), "sum")) for name in dens}
+        return float(weighted_total(totals, dens, self.unwrapped.loss_coefficients))
 
     def _valid_epoch(self, valid_data, show_progress=False):
         if self.valid_metric == "loss":
@@ -338,22 +267,8 @@ class LLMTrainer(Trainer):
         if self._resume_rng is not None:  # last, so that nothing above shifts the restored streams
             restore_rng_state(self._resume_rng)
             self._resume_rng = None
-        self._stop_signal = None
-        previous = self._install_stop_handlers()
-        try:
+        with self._stop_signals_handled():
             return self._fit_epochs(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _install_stop_handlers(self) -> dict[int, Any]:
-        """Graceful SIGTERM / SIGINT during ``fit`` (signal handlers can only be set in the main thread)."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._on_stop_signal)
-        return previous
 
     def _fit_epochs(self, train_data, valid_data, verbose, saved, show_progress, callback_fn):
         for epoch_idx in range(self.start_epoch, self.epochs):
@@ -411,15 +326,14 @@ class LLMTrainer(Trainer):
 
     def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
         """RecBole's line, with the loss terms named (``causal``, ``normal``) instead of ``train_loss1/2``."""
-        names = sorted(self.unwrapped.objective.term_names)
-        if not isinstance(losses, tuple) or len(losses) != len(names):
+        means = _term_means(self.unwrapped, losses)
+        if means is None:
             return super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
         coef = self.unwrapped.loss_coefficients
-        total = sum(coef[k] * v for k, v in zip(names, losses, strict=True))
+        total = _objective_loss(self.unwrapped, means)
         des = self.config["loss_decimal_place"] or 4
         terms = ", ".join(
-            f"{set_color(name, 'blue')} (×{coef[name]:g}): {value:.{des}f}"
-            for name, value in zip(names, losses, strict=True)
+            f"{set_color(name, 'blue')} (×{coef[name]:g}): {value:.{des}f}" for name, value in means.items()
         )
         return (
             f"{set_color(f'epoch {epoch_idx} training', 'green')} [{set_color('time', 'blue')}: "
@@ -431,22 +345,18 @@ class LLMTrainer(Trainer):
 
         ``_train_epoch`` returns one mean per loss term, in sorted term-name order.
         """
-        names = sorted(self.unwrapped.objective.term_names)
-        if not isinstance(losses, tuple) or len(losses) != len(names):
+        means = _term_means(self.unwrapped, losses)
+        if means is None:
             return super()._add_train_loss_to_tensorboard(epoch_idx, losses, tag)
-        coef = self.unwrapped.loss_coefficients
-        total = sum(coef[k] * v for k, v in zip(names, losses, strict=True))
-        self.tensorboard.add_scalar(tag, total, epoch_idx)
-        if len(names) > 1:
-            for name, value in zip(names, losses, strict=True):
+        self.tensorboard.add_scalar(tag, _objective_loss(self.unwrapped, means), epoch_idx)
+        if len(means) > 1:
+            for name, value in means.items():
                 self.tensorboard.add_scalar(f"{tag}/{name}", value, epoch_idx)
 
     def _write_run_info(self) -> None:
         """``<run_dir>/run.json``: what ``load_trained`` and the analyses need to reload this run folder."""
         if not self.accelerator.is_main_process:
             return
-        from recbole_llm.utils.results import config_snapshot, jsonable, run_name
-
         config = self.config
         info = {
             "run": run_name(config),
@@ -460,7 +370,7 @@ class LLMTrainer(Trainer):
             "overrides": {k: jsonable(v) for k, v in config.external_config_dict.items() if k != "resume"},
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "run.json", info)
+        write_json_atomic(self.run_dir / "run.json", info, ensure_ascii=True)
 
     def _setup_ig_loss_log(self) -> None:
         """IGD §4.2.1: token loss by IG group per epoch to ``<run_dir>/ig_loss.csv`` and TensorBoard.
@@ -474,8 +384,6 @@ class LLMTrainer(Trainer):
             return
         if not self.accelerator.is_main_process:
             return
-        from recbole_llm.analysis.ig_stats import IGLossTracker
-
         model.ig_loss_tracker = IGLossTracker.for_token_table(
             self.run_dir / "ig_loss.csv",
             model.item_token_ig,
@@ -498,135 +406,6 @@ class LLMTrainer(Trainer):
         if self.accelerator.is_main_process:
             self.unwrapped.save_checkpoint(self.run_dir / "best")
         self.accelerator.wait_for_everyone()
-
-    def _save_resume_state(self, epoch: int, step: int) -> None:
-        """Everything needed to continue exactly here: weights, optimizer, scheduler, RNG, early stopping.
-
-        Written to ``last.tmp`` and swapped in only when complete, so a kill at any moment leaves either
-        the previous or the new ``last`` (never a half-written one) for :meth:`resume_checkpoint`.
-        ``epoch``/``step`` say where to continue: step ``step`` of epoch ``epoch`` (step 0 = its start).
-        A pending stop signal ends training right after the state is saved (:class:`TrainingStopped`).
-        """
-        acc = self.accelerator
-        tmp = self.run_dir / "last.tmp"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.unwrapped.save_checkpoint(tmp)
-            mid_epoch = step > 0
-            save_training_state(
-                tmp / "training_state",
-                {
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": capture_rng_state(),
-                    "epoch": epoch,
-                    "step": step,
-                    "global_step": self.global_step,
-                    "cur_step": self.cur_step,
-                    "best_valid_score": float(self.best_valid_score),
-                    "best_valid_result": self.best_valid_result,
-                    "train_loss_dict": {str(k): v for k, v in self.train_loss_dict.items()},
-                    "epoch_sums": self._epoch_sums if mid_epoch else {"sums": {}, "weight_sums": {}},
-                    "world_size": acc.num_processes,
-                },
-            )
-        if acc.num_processes > 1:  # every process's own RNG (dropout masks differ per process)
-            acc.wait_for_everyone()
-            if not acc.is_main_process:
-                save_training_state(tmp / f"rng_state.{acc.process_index}", {"rng": capture_rng_state()})
-            acc.wait_for_everyone()
-        if acc.is_main_process:
-            _replace_dir(tmp, self.run_dir / "last")
-        acc.wait_for_everyone()
-        if self._stop_signal is not None:
-            stop = TrainingStopped(self.run_dir, self._stop_signal)
-            self.logger.warning(str(stop))
-            raise stop
-
-    _resume_state: dict[str, Any] | None = None
-
-    @staticmethod
-    def resume_folder(resume_file: str | os.PathLike) -> Path:
-        """The ``last`` checkpoint folder of a run folder (or that folder itself); never a ``*.tmp`` one.
-
-        A ``last.tmp`` may be half written (the run was killed while saving) and is never loaded; a
-        ``last.old`` exists without ``last`` only if the run was killed between the two renames of the
-        swap, and is then the newest complete state.
-        """
-        path = Path(resume_file)
-        if path.name.endswith(".tmp"):
-            raise ValueError(
-                f"{path} is a checkpoint that was still being written (it may be incomplete) and is never "
-                f"loaded: pass the run folder {path.parent} instead."
-            )
-        for candidate in (path / "last", path / "last.old"):
-            if (candidate / "training_state").is_file():
-                return candidate
-        if (path / "training_state").is_file():
-            return path
-        raise FileNotFoundError(
-            f"No resumable state in {resume_file}: pass the run folder printed by the interrupted run "
-            "(saved/LLMGenRec-<dataset>-<time>), which holds a `last/` checkpoint. A run killed before "
-            "its first checkpoint has none: start it again (lower checkpoint_steps to save more often)."
-        )
-
-    def resume_checkpoint(self, resume_file):
-        """Resume from a run folder (or its ``last`` sub-folder) written by this trainer."""
-        path = self.resume_folder(resume_file)
-        self.run_dir = path.parent
-        self.saved_model_file = str(self.run_dir / "best")
-        try:
-            self.unwrapped.load_checkpoint(path)
-            self._resume_state = load_training_state(path / "training_state")
-        except ValueError as err:
-            raise ValueError(
-                f"Cannot resume from {path}: {err}. A damaged `last` usually means the disk filled up or the "
-                f"folder was copied partially; the run cannot continue from it, so train again (a new run)."
-            ) from err
-        rng_file = path / f"rng_state.{self.accelerator.process_index}"
-        if self.accelerator.process_index == 0:
-            self._resume_rng = self._resume_state.get("rng")
-        elif rng_file.is_file():
-            self._resume_rng = load_training_state(rng_file)["rng"]
-        saved_world = int(self._resume_state.get("world_size", 1))
-        if saved_world != self.accelerator.num_processes:
-            self.logger.warning(
-                f"{path} was written by {saved_world} process(es), resuming with "
-                f"{self.accelerator.num_processes}: training continues, but not bit-identically."
-            )
-        self.logger.info(
-            f"Resuming from {path}: epoch {self._resume_state['epoch']}, step {self._resume_state['step']}"
-        )
-
-    def _restore_training_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.start_epoch = int(state["epoch"])
-        self.start_step = int(state["step"])
-        self.global_step = int(state["global_step"])
-        self.cur_step = int(state["cur_step"])
-        self.best_valid_score = float(state["best_valid_score"])
-        self.best_valid_result = state.get("best_valid_result")
-        self.train_loss_dict = {int(k): v for k, v in (state.get("train_loss_dict") or {}).items()}
-        sums = state.get("epoch_sums") or {}
-        self._epoch_sums = {
-            "sums": dict(sums.get("sums") or {}),
-            "weight_sums": dict(sums.get("weight_sums") or {}),
-        }
-
-    def _on_stop_signal(self, signum, frame):  # noqa: ARG002 - signal handler signature
-        """Finish the current optimizer step, save a resumable state, then stop (no work lost).
-
-        A second signal of the same kind stops at once (the default handler is back in place).
-        """
-        self._stop_signal = signum
-        signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
-        # os.write, not logging: a handler may interrupt the main thread in the middle of a log write.
-        os.write(
-            2,
-            f"\n{signal.Signals(signum).name} received: finishing the current step, then saving to "
-            f"{self.run_dir / 'last'} (send it again to stop at once, losing the current step)\n".encode(),
-        )
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -663,15 +442,10 @@ class LLMTrainer(Trainer):
         if world > 1:
             # Each process scored every world-th batch: collect the CPU tensors (pickled objects, not
             # padded device tensors, so uneven shares are fine) and restore the dataloader's order.
-            from accelerate.utils import gather_object
-
             done = sorted(gather_object(done), key=lambda entry: entry[0])
         topk = torch.cat([t for _, t, _ in done]) if done else torch.zeros((0, k + 1), dtype=torch.int)
         ranked_items = torch.cat([r for _, _, r in done]) if done else torch.zeros((0, k), dtype=torch.long)
-        struct = self.eval_collector.get_data_struct()
-        struct.set("rec.topk", topk)
-        struct.set("rec.items", ranked_items.clamp_min(0))
-        result = self.evaluator.evaluate(struct)
+        result = score_ranked(self.evaluator, self.eval_collector.get_data_struct(), topk, ranked_items)
         self.last_ranked_items = ranked_items
         if not self._validating and self.accelerator.is_main_process:
             for name, value in result.items():
@@ -680,10 +454,21 @@ class LLMTrainer(Trainer):
         return result
 
 
+def _term_means(model, losses) -> dict[str, float] | None:
+    """The epoch's mean of each loss term by name (``_train_epoch`` returns them in sorted name order)."""
+    names = sorted(model.objective.term_names)
+    if not isinstance(losses, tuple) or len(losses) != len(names):
+        return None
+    return dict(zip(names, losses, strict=True))
+
+
+def _objective_loss(model, means: dict[str, float]) -> float:
+    """Σ coefficient · term mean: the means are already normalised (denominator 1)."""
+    return weighted_total(means, dict.fromkeys(means, 1.0), model.loss_coefficients)
+
+
 def _own_tensorboard(writer, name: str):
     """Replace RecBole's writer by one writing to ``log_tensorboard/<name>``; drop its empty events file."""
-    from torch.utils.tensorboard import SummaryWriter
-
     event_writer = getattr(writer._get_file_writer(), "event_writer", None)
     empty = Path(getattr(event_writer, "_file_name", "") or "")
     writer.close()
@@ -694,19 +479,3 @@ def _own_tensorboard(writer, name: str):
         except OSError:
             pass
     return SummaryWriter(os.path.join("log_tensorboard", name))
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Swap a fully written folder into place so a crash never leaves a half-written checkpoint in use."""
-    old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""The generative path feeds RecBole's own metric classes; numbers checked by hand."""
+"""The generative path feeds RecBole's own metric classes (trainer and analyses alike); numbers by hand."""
 
 import math
 import sys
@@ -9,7 +9,7 @@ from recbole.evaluator import Collector, Evaluator
 
 from recbole_llm.config import Config
 from recbole_llm.model.llm_gen_rec import fill_by_popularity
-from recbole_llm.trainer.llm_trainer import ranked_to_topk
+from recbole_llm.trainer.evaluation import evaluate_ranked, ranked_to_topk
 
 
 @pytest.fixture
@@ -33,6 +33,20 @@ def test_ranked_lists_give_hand_computed_hr_and_ndcg(evaluator_config):
 def test_padding_slots_never_hit():
     # a real target is never -1; a -1 slot must not match any real item id
     assert ranked_to_topk(torch.tensor([[-1, 4]]), torch.tensor([4])).tolist() == [[0, 1, 1]]
+
+
+def test_evaluate_ranked_uses_recbole_metrics_by_hand():
+    ranked = torch.tensor([[3, 5, 7], [1, 2, 4], [9, -1, -1]])
+    result = evaluate_ranked(ranked, torch.tensor([5, 8, 9]), {"metrics": ["Hit", "NDCG"], "topk": [1, 3]})
+    assert result["hit@1"] == pytest.approx(1 / 3, abs=1e-6)
+    assert result["hit@3"] == pytest.approx(2 / 3, abs=1e-6)
+    assert result["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1) / 3, abs=1e-6)
+
+
+def test_analyses_score_with_the_trainers_functions():
+    import recbole_llm.analysis as analysis
+
+    assert analysis.ranked_to_topk is ranked_to_topk and analysis.evaluate_ranked is evaluate_ranked
 
 
 def test_fill_by_popularity_is_deterministic_and_skips_present_items():

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from recbole_llm.quick_start import load_trained, run_recbole_llm
-from recbole_llm.trainer.llm_trainer import LLMTrainer, TrainingStopped
+from recbole_llm.trainer import LLMTrainer, TrainingStopped
 from recbole_llm.utils.checkpoint import load_training_state
 from recbole_llm.utils.testing import tiny_model_dir
 from tests.fixtures import write_prepared
@@ -50,7 +50,7 @@ SETTINGS = {
 CHILD = r"""
 import os, runpy, signal, sys
 import torch
-from recbole_llm.trainer import llm_trainer
+from recbole_llm.trainer import llm_trainer, resume
 
 torch.set_num_threads(1)  # as the in-process reference run (tests/conftest.py)
 
@@ -68,7 +68,7 @@ if mode == "step":
 
     llm_trainer.LLMTrainer._micro_step = micro_step
 elif mode == "write":
-    original = llm_trainer.save_training_state
+    original = resume.save_training_state
     calls = []
 
     def save_training_state(path, state):
@@ -80,7 +80,7 @@ elif mode == "write":
             os.kill(os.getpid(), signal.SIGKILL)
         return original(path, state)
 
-    llm_trainer.save_training_state = save_training_state
+    resume.save_training_state = save_training_state
 sys.argv = ["run_recbole_llm.py", *sys.argv[1:]]
 runpy.run_path(os.path.join(os.environ["REPO"], "run_recbole_llm.py"), run_name="__main__")
 """
