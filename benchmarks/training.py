@@ -21,6 +21,7 @@ import torch
 
 from benchmarks import OBJECTIVES
 from benchmarks.workload import Timer
+from recbole_llm.model.objectives import weighted_total
 from recbole_llm.trainer.batching import padding_share, plan_epoch
 
 
@@ -41,10 +42,7 @@ def _step(model, inter, autocast: torch.dtype | None, device: str) -> Timer:
     with Timer(device) as timer:
         with ctx:
             terms = model(inter)
-            loss = sum(
-                model.loss_coefficients[k] * v / dens[k].clamp_min(1e-12).to(v.device)
-                for k, v in terms.items()
-            )
+            loss = weighted_total(terms, dens, model.loss_coefficients)
         loss.backward()
     for p in model.parameters():
         p.grad = None
