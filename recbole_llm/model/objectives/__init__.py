@@ -17,6 +17,7 @@ import pkgutil
 
 from recbole_llm.model.objectives.base import (
     OBJECTIVES,
+    BetaObjective,
     CausalObjective,
     Counterfactual,
     Objective,
@@ -48,6 +49,7 @@ __all__ = [
     "CAUSAL",
     "NORMAL",
     "OBJECTIVES",
+    "BetaObjective",
     "CETRecObjective",
     "CFTObjective",
     "CausalObjective",

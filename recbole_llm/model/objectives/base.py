@@ -130,17 +130,24 @@ class Objective:
         """Numerator ``Σ w·ℓ`` of every active term; ``weighted_total`` divides by the batch's ``Σ w``.
 
         ``weights`` may carry precomputed per-token weights (``gather_token_weights``); ``training=False``
-        returns the normal term only (validation loss). Ignored labels (-100) have zero loss.
+        returns the normal term only (validation loss). Ignored labels (-100) have zero loss. The causal
+        term is the weighted cross-entropy of ``logits_f − logits_cf`` (CFT Eq. (3), CETRec Eq. (9)).
         """
+        active = self.active_terms(training)
+        if CAUSAL in active and logits_cf is None:
+            raise ValueError(
+                f"objective {self.name!r} with lambda={self.coefficients[CAUSAL]} needs the counterfactual "
+                "logits: pass logits_cf, or set lambda: 0 to train without the causal loss."
+            )
         w = self._weights(token_pos, seq_len, token_ig, weights)
-        return {NORMAL: weighted_loss_sum(token_cross_entropy(logits_f, labels), w[NORMAL])[0]}
+        terms = {NORMAL: weighted_loss_sum(token_cross_entropy(logits_f, labels), w[NORMAL])[0]}
+        if CAUSAL in active:
+            assert logits_cf is not None
+            terms[CAUSAL] = causal_loss_terms(logits_f, logits_cf, labels, w[CAUSAL])[0]
+        return terms
 
     def counterfactual_inputs(
-        self,
-        prompts: PromptBuilder,
-        batch: PromptBatch,
-        histories: list[list[int]],
-        targets: list[int],
+        self, prompts: PromptBuilder, batch: PromptBatch, histories: list[list[int]], targets: list[int]
     ) -> Counterfactual:
         """The counterfactual pass's input for the factual ``batch`` (only when ``needs_counterfactual``)."""
         raise ValueError(f"objective {self.name!r} has no counterfactual pass")
@@ -180,31 +187,21 @@ class CausalObjective(Objective):
     def hparams(self) -> dict[str, Any]:
         return {"objective": self.name, "lambda": self.lam}
 
-    def combine(
-        self,
-        logits_f: Tensor,
-        labels: Tensor,
-        token_pos: Tensor,
-        seq_len: Tensor,
-        *,
-        logits_cf: Tensor | None = None,
-        token_ig: Tensor | None = None,
-        weights: Mapping[str, Tensor] | None = None,
-        training: bool = True,
-    ) -> dict[str, Tensor]:
-        terms = super().combine(
-            logits_f, labels, token_pos, seq_len, token_ig=token_ig, weights=weights, training=training
-        )
-        if CAUSAL not in self.active_terms(training):
-            return terms
-        if logits_cf is None:
-            raise ValueError(
-                f"objective {self.name!r} with lambda={self.lam} needs the counterfactual logits: "
-                "pass logits_cf, or set lambda: 0 to train without the causal loss."
-            )
-        w = self._weights(token_pos, seq_len, token_ig, weights)
-        terms[CAUSAL] = causal_loss_terms(logits_f, logits_cf, labels, w[CAUSAL])[0]
-        return terms
+
+class BetaObjective(Objective):
+    """An objective with one token weight β ∈ [0, 1] (``beta``, or CFT's ``beta_prime``): pos, igd."""
+
+    def __init__(self, beta: float | None = None) -> None:
+        beta = self.defaults["beta"] if beta is None else beta
+        check_beta(beta)
+        self.beta = float(beta)
+
+    @classmethod
+    def from_config(cls, config: Any) -> BetaObjective:
+        return cls(beta=read_beta(config, cls.defaults["beta"]))
+
+    def hparams(self) -> dict[str, Any]:
+        return {"objective": self.name, "beta": self.beta}
 
 
 # --------------------------------------------------------------------------------------------------------

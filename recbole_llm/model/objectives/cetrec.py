@@ -46,10 +46,6 @@ class CETRecObjective(CausalObjective):
         return {"objective": self.name, "lambda": self.lam, "cetrec_cf_index": self.cf_index}
 
     def counterfactual_inputs(
-        self,
-        prompts: PromptBuilder,
-        batch: PromptBatch,
-        histories: list[list[int]],
-        targets: list[int],
+        self, prompts: PromptBuilder, batch: PromptBatch, histories: list[list[int]], targets: list[int]
     ) -> Counterfactual:
         return Counterfactual(batch, counterfactual_index(batch.item_index, batch.history_len, self.cf_index))

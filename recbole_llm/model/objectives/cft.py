@@ -65,11 +65,7 @@ class CFTObjective(CausalObjective):
         return out
 
     def counterfactual_inputs(
-        self,
-        prompts: PromptBuilder,
-        batch: PromptBatch,
-        histories: list[list[int]],
-        targets: list[int],
+        self, prompts: PromptBuilder, batch: PromptBatch, histories: list[list[int]], targets: list[int]
     ) -> Counterfactual:
         """The prompt without the history (``cft_counterfactual``: placeholder or dropped), padded to its
         own, much shorter length."""

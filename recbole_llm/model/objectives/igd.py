@@ -12,27 +12,16 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from recbole_llm.model.objectives.base import Objective, check_beta, read_beta
+from recbole_llm.model.objectives.base import BetaObjective
 from recbole_llm.model.objectives.losses import NORMAL, ig_weights
 
 
-class IGDObjective(Objective):
+class IGDObjective(BetaObjective):
     """``w_t = β`` for zero-information-gain tokens, 1 otherwise (``token_ig`` from the title trie)."""
 
     name = "igd"
     defaults: ClassVar[dict[str, Any]] = {"beta": 0.1}
     decoding_defaults: ClassVar[dict[str, Any]] = {"ig_alpha": 0.2}  # IGD §4.3.2
-
-    def __init__(self, beta: float = 0.1) -> None:
-        check_beta(beta)
-        self.beta = float(beta)
-
-    @classmethod
-    def from_config(cls, config: Any) -> IGDObjective:
-        return cls(beta=read_beta(config, cls.defaults["beta"]))
-
-    def hparams(self) -> dict[str, Any]:
-        return {"objective": self.name, "beta": self.beta}
 
     def token_weights(
         self, token_pos: Tensor, seq_len: Tensor, token_ig: Tensor | None = None

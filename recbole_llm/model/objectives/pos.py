@@ -10,26 +10,15 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from recbole_llm.model.objectives.base import Objective, check_beta, read_beta
+from recbole_llm.model.objectives.base import BetaObjective
 from recbole_llm.model.objectives.losses import NORMAL, position_decay_weights
 
 
-class PosObjective(Objective):
+class PosObjective(BetaObjective):
     """Linear decay ``w_t = 1 − (1−β)(t−1)/(|y|−1)`` over each target, normalised by ``Σ w``."""
 
     name = "pos"
     defaults: ClassVar[dict[str, Any]] = {"beta": 0.25}
-
-    def __init__(self, beta: float = 0.25) -> None:
-        check_beta(beta)
-        self.beta = float(beta)
-
-    @classmethod
-    def from_config(cls, config: Any) -> PosObjective:
-        return cls(beta=read_beta(config, cls.defaults["beta"]))
-
-    def hparams(self) -> dict[str, Any]:
-        return {"objective": self.name, "beta": self.beta}
 
     def token_weights(
         self, token_pos: Tensor, seq_len: Tensor, token_ig: Tensor | None = None
