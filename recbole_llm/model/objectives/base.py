@@ -5,7 +5,7 @@ An objective class says everything that differs between training methods: its pa
 (``token_weights``), how its terms combine (``combine``, numerators only), whether it needs a
 counterfactual pass and how that pass's input is built (``counterfactual_inputs``), the temporal
 embedding it uses by default and its decoding defaults. Defining a subclass with a ``name`` registers
-it (docs/design.md §3); the model and the trainer never test an objective's name.
+it (docs/design.md §3), so the model asks its objective instead of testing the objective's name.
 """
 
 from __future__ import annotations
