@@ -127,11 +127,16 @@ def test_counterfactual_pass_reuses_the_instruction_kv_exactly(workload, objecti
     inter = workload.train.inter_feat[:4]
     hist, targets = model._histories(inter), inter[model.POS_ITEM_ID].tolist()
     batch = model.prompts.build(hist, targets)
+    cf = model.objective.counterfactual_inputs(model.prompts, batch, hist, targets)
+    cf_batch, cf_index = cf.batch, cf.item_index
     if objective == "cft":
-        cf_batch, cf_index = model.prompts.build(hist, targets, counterfactual=True), None
+        assert torch.equal(
+            cf_batch.input_ids, model.prompts.build(hist, targets, counterfactual=True).input_ids
+        )
+        assert cf_index is None
     else:
-        cf_batch = batch
-        cf_index = counterfactual_index(batch.item_index, batch.history_len, model.cf_index_mode)
+        assert cf_batch is batch
+        assert torch.equal(cf_index, counterfactual_index(batch.item_index, batch.history_len, "earliest"))
     widths = []
     body = model.llm.get_decoder()
     handle = body.register_forward_pre_hook(

@@ -1,29 +1,39 @@
-"""Token-weighted objectives: weights by hand, SFT equivalences, causal loss, effective-batch normalisation."""
+"""Token-weighted objectives: weights by hand, SFT equivalences, causal loss, effective-batch normalisation,
+the registry and a new objective added by one class (the README's *Extending* example)."""
 
 from __future__ import annotations
 
 import math
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from recbole.data import data_preparation
 
+from recbole_llm.config import Config
+from recbole_llm.model.llm_gen_rec import LLMGenRec
 from recbole_llm.model.objectives import (
     CAUSAL,
     NORMAL,
     OBJECTIVES,
+    Counterfactual,
+    Objective,
     beta_from_beta_prime,
     build_objective,
     causal_loss_terms,
     gather_token_weights,
     ig_weights,
     item_token_weights,
-    linear_decay_weights,
     position_decay_weights,
     token_cross_entropy,
-    total_loss,
     weighted_loss_sum,
+    weighted_total,
 )
+from recbole_llm.quick_start import create_dataset
+from recbole_llm.utils.testing import tiny_model_dir
+from tests.fixtures import write_prepared
 
 
 def _batch(lengths: list[int], vocab: int = 11, seed: int = 0):
@@ -45,25 +55,41 @@ def _sft(logits, labels):
     return F.cross_entropy(logits.double(), labels)
 
 
+def _denominators(obj, pos, seq, token_ig=None, weights=None, training=True):
+    """``Σ w`` of every active term: what the model reads from its per-item tables before the forward pass."""
+    w = weights if weights is not None else obj.token_weights(pos, seq, token_ig)
+    return {name: w[name].sum() for name in obj.active_terms(training)}
+
+
+def _loss(obj, logits_f, labels, pos, seq, *, token_ig=None, weights=None, **kwargs):
+    """The loss of one batch normalised over that batch: numerators over its own weight totals."""
+    nums = obj.combine(logits_f, labels, pos, seq, token_ig=token_ig, weights=weights, **kwargs)
+    dens = _denominators(obj, pos, seq, token_ig, weights, kwargs.get("training", True))
+    return weighted_total(nums, dens, obj.coefficients)
+
+
 # ---------------------------------------------------------------------------------------- weights by hand
-def test_linear_decay_by_hand():
-    assert torch.allclose(linear_decay_weights(5, 0.25), torch.tensor([1.0, 0.8125, 0.625, 0.4375, 0.25]))
-    assert linear_decay_weights(1, 0.0).tolist() == [1.0]
-    assert linear_decay_weights(4, 1.0).tolist() == [1.0] * 4
+def test_position_decay_by_hand():
+    five = torch.full((5,), 5)
+    assert torch.allclose(
+        position_decay_weights(torch.arange(1, 6), five, 0.25),
+        torch.tensor([1.0, 0.8125, 0.625, 0.4375, 0.25]),
+    )
+    assert position_decay_weights(torch.tensor([1]), torch.tensor([1]), 0.0).tolist() == [1.0]
+    assert position_decay_weights(torch.arange(1, 5), torch.full((4,), 4), 1.0).tolist() == [1.0] * 4
     # packed form: |y| = 1 then |y| = 3 with β = 0.5
     assert torch.allclose(
-        linear_decay_weights(torch.tensor([1, 3]), 0.5), torch.tensor([1.0, 1.0, 0.75, 0.5])
+        position_decay_weights(torch.tensor([1, 1, 2, 3]), torch.tensor([1, 3, 3, 3]), 0.5),
+        torch.tensor([1.0, 1.0, 0.75, 0.5]),
     )
     with pytest.raises(ValueError, match="beta_prime"):
-        linear_decay_weights(3, 1.5)
-    with pytest.raises(ValueError, match=">= 1"):
-        linear_decay_weights(torch.tensor([2, 0]), 0.5)
+        OBJECTIVES["pos"](beta=1.5)
 
 
 def test_vectorised_decay_matches_per_length():
     lengths = [1, 2, 7, 3]
     _, _, _, pos, seq, _ = _batch(lengths)
-    expected = torch.cat([linear_decay_weights(n, 0.3) for n in lengths])
+    expected = torch.tensor([1 - 0.7 * (t - 1) / max(n - 1, 1) for n in lengths for t in range(1, n + 1)])
     assert torch.allclose(position_decay_weights(pos, seq, 0.3), expected)
     # first token 1, last token β
     w = position_decay_weights(torch.tensor([1, 7]), torch.tensor([7, 7]), 0.3)
@@ -122,32 +148,34 @@ def test_lambda_zero_beta_one_is_exactly_sft(name):
     logits_f, logits_cf, labels, pos, seq, _ = _batch([3, 1, 5, 2])
     obj = build_objective({"objective": name, "lambda": 0.0, "beta": 1.0})
     assert not obj.needs_counterfactual
-    loss = obj.loss(logits_f, labels, pos, seq, logits_cf=logits_cf)
+    loss = _loss(obj, logits_f, labels, pos, seq, logits_cf=logits_cf)
     assert abs(loss.item() - _sft(logits_f, labels).item()) < 1e-6
     # and with the causal pass present but λ = 0, the loss is still SFT
-    obj_cf = OBJECTIVES[name](beta=1.0, lam=0.0)
-    assert abs(obj_cf.loss(logits_f, labels, pos, seq).item() - _sft(logits_f, labels).item()) < 1e-6
+    obj_cf = OBJECTIVES[name](lam=0.0, **({"beta": 1.0} if name == "cft" else {}))
+    assert abs(_loss(obj_cf, logits_f, labels, pos, seq).item() - _sft(logits_f, labels).item()) < 1e-6
 
 
 def test_pos_beta_one_is_sft_and_weighted_otherwise():
     logits_f, _, labels, pos, seq, _ = _batch([4, 2, 6])
     sft = _sft(logits_f, labels).item()
     assert (
-        abs(build_objective({"objective": "pos", "beta": 1.0}).loss(logits_f, labels, pos, seq).item() - sft)
+        abs(
+            _loss(build_objective({"objective": "pos", "beta": 1.0}), logits_f, labels, pos, seq).item() - sft
+        )
         < 1e-6
     )
     pos_obj = build_objective({"objective": "pos", "beta": 0.25})
     w = position_decay_weights(pos, seq, 0.25).double()
     ce = F.cross_entropy(logits_f, labels, reduction="none")
     expected = (w * ce).sum() / w.sum()
-    assert abs(pos_obj.loss(logits_f, labels, pos, seq).item() - expected.item()) < 1e-6
+    assert abs(_loss(pos_obj, logits_f, labels, pos, seq).item() - expected.item()) < 1e-6
     assert abs(expected.item() - sft) > 1e-4  # the weighting changes something
 
 
 def test_sft_objective_is_cross_entropy():
     logits_f, _, labels, pos, seq, _ = _batch([2, 3])
     assert (
-        abs(build_objective({}).loss(logits_f, labels, pos, seq).item() - _sft(logits_f, labels).item())
+        abs(_loss(build_objective({}), logits_f, labels, pos, seq).item() - _sft(logits_f, labels).item())
         < 1e-9
     )
 
@@ -166,17 +194,17 @@ def test_cft_total_by_formula():
         obj = build_objective(
             {"objective": "cft", "beta": beta, "lambda": lam, "cft_weight_normal_loss": weighted}
         )
-        assert obj.needs_counterfactual and obj.counterfactual_kind == "drop_history"
-        got = obj.loss(logits_f, labels, pos, seq, logits_cf=logits_cf)
+        assert obj.needs_counterfactual
+        got = _loss(obj, logits_f, labels, pos, seq, logits_cf=logits_cf)
         assert abs(got.item() - (l_n + lam * l_c).item()) < 1e-9
 
 
 def test_cetrec_total_by_formula():
     logits_f, logits_cf, labels, pos, seq, _ = _batch([2, 5])
     obj = build_objective({"objective": "cetrec", "lambda": 0.5})
-    assert obj.counterfactual_kind == "same_time_index" and obj.uses_temporal_embedding
+    assert obj.needs_counterfactual and obj.temporal_embedding == "rope"
     expected = F.cross_entropy(logits_f, labels) + 0.5 * F.cross_entropy(logits_f - logits_cf, labels)
-    assert abs(obj.loss(logits_f, labels, pos, seq, logits_cf=logits_cf).item() - expected.item()) < 1e-9
+    assert abs(_loss(obj, logits_f, labels, pos, seq, logits_cf=logits_cf).item() - expected.item()) < 1e-9
 
 
 def test_igd_weights_in_loss():
@@ -186,10 +214,10 @@ def test_igd_weights_in_loss():
     assert obj.beta == 0.1
     w = torch.tensor([1.0, 0.1, 0.1, 1.0, 0.1], dtype=torch.float64)
     ce = F.cross_entropy(logits_f, labels, reduction="none")
-    got = obj.loss(logits_f, labels, pos, seq, token_ig=token_ig)
+    got = _loss(obj, logits_f, labels, pos, seq, token_ig=token_ig)
     assert abs(got.item() - ((w * ce).sum() / w.sum()).item()) < 1e-6
     with pytest.raises(ValueError, match="token_ig"):
-        obj.loss(logits_f, labels, pos, seq)
+        _loss(obj, logits_f, labels, pos, seq)
 
 
 def test_ignored_labels_get_zero_weight():
@@ -197,7 +225,9 @@ def test_ignored_labels_get_zero_weight():
     masked = labels.clone()
     masked[1] = -100
     terms = build_objective({"objective": "pos", "beta": 0.5}).combine(logits_f, masked, pos, seq)
-    assert terms[NORMAL].denominator.item() == 1.0 + 0.5  # weights 1, (0.75 ignored), 0.5
+    ce = F.cross_entropy(logits_f, labels, reduction="none")
+    # weights 1, (0.75 ignored), 0.5
+    assert math.isclose(terms[NORMAL].item(), (1.0 * ce[0] + 0.5 * ce[2]).item(), rel_tol=1e-12)
 
 
 # ------------------------------------------------------------------ normalisation over the effective batch
@@ -205,18 +235,18 @@ def test_effective_batch_normalisation_is_micro_batch_free():
     lengths = [3, 1, 5, 2, 4, 6]
     logits_f, logits_cf, labels, pos, seq, sample = _batch(lengths, seed=3)
     obj = build_objective({"objective": "cft", "beta": 0.25, "lambda": 0.2})
-    full = obj.loss(logits_f, labels, pos, seq, logits_cf=logits_cf)
+    full = _loss(obj, logits_f, labels, pos, seq, logits_cf=logits_cf)
     g_full = torch.autograd.grad(full, [logits_f, logits_cf])
 
     # micro-batches of 2 samples: denominators summed first, then per-micro-batch backward
     micro = [sample < 2, (sample >= 2) & (sample < 4), sample >= 4]
-    dens = [obj.weight_totals(pos[m], seq[m]) for m in micro]
+    dens = [_denominators(obj, pos[m], seq[m]) for m in micro]
     total_den = {k: sum(d[k] for d in dens) for k in dens[0]}
     grads = [torch.zeros_like(logits_f), torch.zeros_like(logits_cf)]
     accumulated = 0.0
     for m in micro:
         terms = obj.combine(logits_f[m], labels[m], pos[m], seq[m], logits_cf=logits_cf[m])
-        part = total_loss(terms, total_den)
+        part = weighted_total(terms, total_den, obj.coefficients)
         accumulated += part.item()
         for acc, g in zip(grads, torch.autograd.grad(part, [logits_f, logits_cf])):
             acc += g
@@ -225,7 +255,7 @@ def test_effective_batch_normalisation_is_micro_batch_free():
         assert torch.allclose(a, b, atol=1e-12)
     # the references' per-micro-batch normalisation gives a different loss
     naive = (
-        sum(obj.loss(logits_f[m], labels[m], pos[m], seq[m], logits_cf=logits_cf[m]).item() for m in micro)
+        sum(_loss(obj, logits_f[m], labels[m], pos[m], seq[m], logits_cf=logits_cf[m]).item() for m in micro)
         / 3
     )
     assert abs(naive - full.item()) > 1e-4
@@ -238,8 +268,9 @@ def test_validation_mode_uses_normal_term_only():
         obj.combine(logits_f, labels, pos, seq)
     terms = obj.combine(logits_f, labels, pos, seq, training=False)
     assert set(terms) == {NORMAL}
-    assert set(obj.weight_totals(pos, seq, training=False)) == {NORMAL}
-    assert set(obj.weight_totals(pos, seq)) == {NORMAL, CAUSAL}
+    assert obj.active_terms(training=False) == (NORMAL,)
+    assert set(obj.active_terms(training=True)) == {NORMAL, CAUSAL}
+    assert set(obj.token_weights(pos, seq)) == {NORMAL, CAUSAL}
 
 
 # ------------------------------------------------------------------------------------- per-item tables
@@ -258,8 +289,8 @@ def test_item_token_weight_tables():
     # precomputed weights give the same loss as on-the-fly ones
     logits_f, logits_cf, labels, _, _, _ = _batch([3, 1])
     seq = torch.tensor([3, 3, 3, 1])
-    on_the_fly = obj.loss(logits_f, labels, pos, seq, logits_cf=logits_cf)
-    pre = obj.loss(logits_f, labels, pos, seq, logits_cf=logits_cf, weights=got)
+    on_the_fly = _loss(obj, logits_f, labels, pos, seq, logits_cf=logits_cf)
+    pre = _loss(obj, logits_f, labels, pos, seq, logits_cf=logits_cf, weights=got)
     assert torch.allclose(on_the_fly, pre)
 
 
@@ -283,12 +314,63 @@ def test_defaults_and_flags():
     assert pos.beta == 0.25 and not pos.needs_counterfactual
     cft = build_objective(_RecBoleLikeConfig({"objective": "CFT", "beta": None}))
     assert (cft.beta, cft.lam, cft.weight_normal_loss) == (0.25, 0.1, True)
-    assert cft.needs_counterfactual and cft.counterfactual_kind == "drop_history"
+    assert cft.needs_counterfactual and cft.temporal_embedding is None
     assert build_objective({"objective": "cetrec"}).lam == 0.1
     assert build_objective({"objective": "igd"}).beta == 0.1
+    assert build_objective({"objective": "igd"}).decoding_defaults == {"ig_alpha": 0.2}
     assert build_objective({"objective": "pos", "beta": 0.3, "beta_prime": 2}).beta == 0.5
     for name in ("sft", "pos", "igd"):
-        assert build_objective({"objective": name}).counterfactual_kind is None
+        obj = build_objective({"objective": name})
+        assert not obj.needs_counterfactual and obj.temporal_embedding is None
+        with pytest.raises(ValueError, match="no counterfactual pass"):
+            obj.counterfactual_inputs(_Prompts(), SimpleNamespace(), [[1]], [2])
+    # each objective reads only its own keys
+    assert build_objective({"objective": "sft", "beta": "abc", "lambda": -1}).hparams() == {
+        "objective": "sft"
+    }
+    assert build_objective({"objective": "pos", "lambda": -1}).hparams() == {"objective": "pos", "beta": 0.25}
+
+
+class _Prompts:
+    """Records how an objective asks the prompt builder for its counterfactual batch."""
+
+    def build(self, histories, targets, counterfactual=None):
+        return ("built", histories, targets, counterfactual)
+
+
+def test_counterfactual_inputs():
+    cft = build_objective({"objective": "cft"})
+    factual = SimpleNamespace()
+    # CFT §3.2.1: the prompt without the history
+    assert cft.counterfactual_inputs(_Prompts(), factual, [[1, 2]], [3]) == Counterfactual(
+        ("built", [[1, 2]], [3], True), None
+    )
+    # CETRec §4.3: the same tokens, every history item at one temporal index
+    batch = SimpleNamespace(
+        item_index=torch.tensor([[-1, 2, 1, 0, -1], [0, -1, -1, -1, -1]]), history_len=torch.tensor([3, 1])
+    )
+    for config, value in (
+        ({}, [[-1, 2, 2, 2, -1], [0, -1, -1, -1, -1]]),
+        ({"cetrec_cf_index": "Latest"}, [[-1, 0, 0, 0, -1], [0, -1, -1, -1, -1]]),
+    ):
+        cf = build_objective({"objective": "cetrec", **config}).counterfactual_inputs(
+            _Prompts(), batch, [], []
+        )
+        assert cf.batch is batch and cf.item_index.tolist() == value
+
+
+def test_cetrec_cf_index_is_parsed_and_recorded():
+    assert build_objective({"objective": "cetrec"}).hparams()["cetrec_cf_index"] == "earliest"
+    assert build_objective({"objective": "cetrec", "cetrec_cf_index": "3"}).cf_index == 3
+    assert build_objective({"objective": "cetrec", "cetrec_cf_index": "Latest"}).hparams() == {
+        "objective": "cetrec",
+        "lambda": 0.1,
+        "cetrec_cf_index": "latest",
+    }
+    with pytest.raises(ValueError, match="cetrec_cf_index"):
+        build_objective({"objective": "cetrec", "cetrec_cf_index": "oldest"})
+    # another objective does not read the key
+    assert build_objective({"objective": "cft", "cetrec_cf_index": "oldest"}).name == "cft"
 
 
 @pytest.mark.parametrize(
@@ -307,3 +389,64 @@ def test_defaults_and_flags():
 def test_bad_config_errors(config, message):
     with pytest.raises(ValueError, match=message):
         build_objective(config)
+
+
+# ------------------------------------------------------------------------------ a new objective: one class
+@pytest.fixture
+def first_token_objective():
+    """A new objective is one class (README, *Extending*); the fixture unregisters it afterwards."""
+
+    class FirstTokenObjective(Objective):
+        """Train on the first title token of each target only."""
+
+        name = "first_token"
+
+        def token_weights(self, token_pos, seq_len, token_ig=None):
+            return {NORMAL: (token_pos == 1).float()}
+
+    yield FirstTokenObjective
+    del OBJECTIVES[FirstTokenObjective.name]  # leave the registry as the package defines it
+
+
+def test_a_new_objective_registers_builds_and_trains(first_token_objective, tmp_path, monkeypatch):
+    assert list(OBJECTIVES) == ["sft", "pos", "cft", "cetrec", "igd", "first_token"]
+    with pytest.raises(ValueError, match="choose one of sft, pos, cft, cetrec, igd, first_token"):
+        build_objective({"objective": "dpo"})
+    objective = build_objective({"objective": "First_Token"})
+    assert type(objective) is first_token_objective and objective.hparams() == {"objective": "first_token"}
+    with pytest.raises(ValueError, match="already taken"):
+        type("Other", (Objective,), {"name": "first_token"})
+
+    # One training step of a tiny LLMGenRec configured with it.
+    monkeypatch.setattr(sys, "argv", ["run_recbole_llm.py"])
+    write_prepared(tmp_path / "data")
+    config = Config(
+        model="LLMGenRec",
+        dataset="tiny",
+        config_dict={
+            "data_path": str(tmp_path / "data"),
+            "llm_path": str(tiny_model_dir(tmp_path / "model")),
+            "objective": "first_token",
+            "train_sample_num": None,
+            "dropout": 0.0,
+            "state": "ERROR",
+            "show_progress": False,
+        },
+    )
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = LLMGenRec(config, train.dataset).train()
+    assert type(model.objective) is first_token_objective
+    inter = train.dataset.inter_feat[:4]
+    dens = model.loss_denominators(inter)
+    assert dens == {NORMAL: 4.0}  # one weighted token per sample, known before the forward pass
+    loss = weighted_total(model(inter), dens, model.loss_coefficients)
+    # ... and the loss is the mean cross-entropy of every sample's first target token
+    batch = model.prompts.build(model._histories(inter), inter[model.POS_ITEM_ID].tolist())
+    first = batch.target_t == 1
+    expected = F.cross_entropy(model._target_logits(batch)[first].float(), batch.target_labels[first])
+    assert torch.allclose(loss, expected, atol=1e-6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    loss.backward()
+    torch.optim.SGD(params, lr=0.1).step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, params, strict=True))

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import processors
 
-from recbole_llm.model.prompt import Category, PromptBuilder, PromptTemplate
+from recbole_llm.model.prompt import PromptBuilder
+from recbole_llm.model.prompt_templates import Category, PromptTemplate
 from recbole_llm.utils.testing import tiny_tokenizer
 
 TITLES = [

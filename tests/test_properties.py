@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from recbole_llm.model.decoding import constrained_beam_search, leaves_to_items
-from recbole_llm.model.prompt import BUILTIN_TEMPLATES, PromptBuilder
+from recbole_llm.model.prompt import PromptBuilder
+from recbole_llm.model.prompt_templates import BUILTIN_TEMPLATES
 from recbole_llm.model.trie import TitleTrie
 from recbole_llm.utils.testing import tiny_model, tiny_tokenizer
 

@@ -7,15 +7,13 @@ import math
 import pytest
 import torch
 
+from recbole_llm.model.objectives import build_objective
 from recbole_llm.model.temporal import (
     RotaryTemporalEmbedding,
     SinusoidalTemporalEmbedding,
-    apply_temporal,
     build_temporal_module,
     counterfactual_index,
-    history_item_index,
     prompt_item_index,
-    resolve_cf_index_mode,
     sinusoidal_table,
 )
 
@@ -31,25 +29,6 @@ def test_prompt_item_index_by_hand():
     assert prompt_item_index([4], [None]) == [-1] * 4
     with pytest.raises(ValueError, match="one entry per"):
         prompt_item_index([1, 2], [None])
-
-
-def test_history_item_index_batched_with_padding():
-    ordinal = torch.tensor(
-        [
-            [-1, 0, 0, -1, 1, -1, 2, -1],  # 3 items
-            [-1, -1, -1, -1, 0, 0, -1, -1],  # 1 item, left padded
-        ]
-    )
-    expected = torch.tensor(
-        [
-            [-1, 2, 2, -1, 1, -1, 0, -1],
-            [-1, -1, -1, -1, 0, 0, -1, -1],
-        ]
-    )
-    assert torch.equal(history_item_index(ordinal), expected)
-    assert torch.equal(history_item_index(ordinal, torch.tensor([3, 1])), expected)
-    # a longer declared history shifts indices (e.g. history truncated in the prompt)
-    assert history_item_index(torch.tensor([[0, 1]]), 4).tolist() == [[3, 2]]
 
 
 def test_counterfactual_index_by_hand():
@@ -126,7 +105,7 @@ def test_factual_and_counterfactual_differ_only_on_history_tokens():
     factual = torch.tensor([FACTUAL])
     cf = counterfactual_index(factual)
     for module in (SinusoidalTemporalEmbedding(8), RotaryTemporalEmbedding(8)):
-        a, b = apply_temporal(x, factual, module), apply_temporal(x, cf, module)
+        a, b = module(x, factual), module(x, cf)
         same = (a == b).all(-1)[0].tolist()
         # tokens of item A (already at the earliest index 2) and non-item tokens agree; B and C change
         assert same == [k in (-1, 2) for k in FACTUAL]
@@ -143,7 +122,6 @@ def test_dtype_gradients_and_empty_state():
     assert torch.equal(x32.grad, torch.ones_like(x32))
     for m in (module, SinusoidalTemporalEmbedding(16)):
         assert list(m.parameters()) == [] and m.state_dict() == {}
-    assert apply_temporal(x, idx, None) is x
 
 
 def test_shape_and_bound_errors():
@@ -156,16 +134,16 @@ def test_shape_and_bound_errors():
 
 
 def test_build_from_config():
-    assert isinstance(build_temporal_module({"objective": "cetrec"}, 8), RotaryTemporalEmbedding)
-    assert build_temporal_module({"objective": "sft"}, 8) is None
+    cetrec = build_objective({"objective": "cetrec"}).temporal_embedding  # the objective's default
+    assert isinstance(build_temporal_module({}, 8, default=cetrec), RotaryTemporalEmbedding)
+    assert (
+        build_temporal_module({}, 8, default=build_objective({"objective": "sft"}).temporal_embedding) is None
+    )
+    assert build_temporal_module({"temporal_embedding": "none"}, 8, default=cetrec) is None
+    assert build_temporal_module({}, 8, default=cetrec).kind == "rope"
     sin = build_temporal_module(
         {"objective": "cetrec", "temporal_embedding": "SinPE", "temporal_scale": 0.1}, 8
     )
-    assert isinstance(sin, SinusoidalTemporalEmbedding) and sin.scale == 0.1
+    assert isinstance(sin, SinusoidalTemporalEmbedding) and sin.scale == 0.1 and sin.kind == "sinpe"
     with pytest.raises(ValueError, match="none, sinpe, rope"):
         build_temporal_module({"temporal_embedding": "alibi"}, 8)
-    assert resolve_cf_index_mode({}) == "earliest"
-    assert resolve_cf_index_mode({"cetrec_cf_index": "3"}) == 3
-    assert resolve_cf_index_mode({"cetrec_cf_index": "Latest"}) == "latest"
-    with pytest.raises(ValueError, match="cetrec_cf_index"):
-        resolve_cf_index_mode({"cetrec_cf_index": "oldest"})

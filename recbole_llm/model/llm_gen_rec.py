@@ -20,9 +20,14 @@ from recbole.utils import InputType
 from recbole_llm.model.backbone import load_backbone
 from recbole_llm.model.decoding import constrained_beam_search, leaves_to_items
 from recbole_llm.model.grounding import bigrec_rank, embed_token_sequences
-from recbole_llm.model.objectives import NORMAL, build_objective, gather_token_weights, item_token_weights
+from recbole_llm.model.objectives import (
+    build_objective,
+    gather_token_weights,
+    item_token_weights,
+    weighted_total,
+)
 from recbole_llm.model.prompt import PromptBuilder
-from recbole_llm.model.temporal import build_temporal_module, counterfactual_index, resolve_cf_index_mode
+from recbole_llm.model.temporal import build_temporal_module
 from recbole_llm.model.trie import TitleTrie
 from recbole_llm.utils.checkpoint import load_trainable, save_trainable
 
@@ -50,7 +55,6 @@ class LLMGenRec(SequentialRecommender):
                 f"one item per beam, so set num_beams >= {topk}."
             )
         self.objective = build_objective(config)
-        self.cf_index_mode = resolve_cf_index_mode(config)
         self.llm, self.tokenizer = load_backbone(config)
         titles = dataset.item_titles(config["title_field"] or "title")
         self.prompts = PromptBuilder.from_config(config, self.tokenizer, titles, _category(config))
@@ -70,7 +74,9 @@ class LLMGenRec(SequentialRecommender):
         else:
             raise ValueError(f"trie_items={config['trie_items']!r}: use 'all' or 'train_targets'.")
         self._item_tables(sequences)
-        self.temporal = build_temporal_module(config, self.llm.config.hidden_size)
+        self.temporal = build_temporal_module(
+            config, self.llm.config.hidden_size, default=self.objective.temporal_embedding
+        )
         self._fill_order = torch.argsort(-counts[1:], stable=True) + 1  # popularity, ties by item id
 
     # ----------------------------------------------------------------- per-item tables
@@ -93,14 +99,13 @@ class LLMGenRec(SequentialRecommender):
     def loss_coefficients(self) -> dict[str, float]:
         return self.objective.coefficients
 
-    def _active_terms(self) -> tuple[str, ...]:
-        # Validation loss is the normal term only, as in the references (no counterfactual pass).
-        return self.objective.term_names if self.training else (NORMAL,)
-
     def loss_denominators(self, interaction) -> dict[str, torch.Tensor]:
         """Total token weight of each active loss term over the samples (known before any forward pass)."""
         targets = interaction[self.POS_ITEM_ID].cpu()
-        return {name: self._weight_totals[name][targets].sum() for name in self._active_terms()}
+        return {
+            name: self._weight_totals[name][targets].sum()
+            for name in self.objective.active_terms(self.training)
+        }
 
     def sample_lengths(self, dataset) -> np.ndarray:
         """Token length of every sample's training prompt (for length-grouped batching)."""
@@ -185,14 +190,9 @@ class LLMGenRec(SequentialRecommender):
             )
         logits_cf = None
         if self.training and self.objective.needs_counterfactual:
-            if self.objective.counterfactual_kind == "drop_history":
-                # No history: a much shorter prompt, padded to its own length only.
-                cf_batch = self.prompts.build(histories, targets, counterfactual=True)
-                logits_cf = self._counterfactual_logits(batch, cache, cf_batch)
-            else:  # same_time_index (CETRec): the same tokens, every item at one temporal index
-                cf_index = counterfactual_index(batch.item_index, batch.history_len, self.cf_index_mode)
-                logits_cf = self._counterfactual_logits(batch, cache, batch, cf_index)
-        terms = self.objective.combine(
+            cf = self.objective.counterfactual_inputs(self.prompts, batch, histories, targets)
+            logits_cf = self._counterfactual_logits(batch, cache, cf.batch, cf.item_index)
+        return self.objective.combine(
             logits,
             batch.target_labels.to(device),
             batch.target_t.to(device),
@@ -201,14 +201,11 @@ class LLMGenRec(SequentialRecommender):
             weights={k: w.to(device) for k, w in weights.items()},
             training=self.training,
         )
-        return {name: term.numerator for name, term in terms.items()}
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         """RecBole API: the objective's loss on one batch, normalised over that batch."""
-        terms = self.forward(interaction)
-        dens = self.loss_denominators(interaction)
-        return sum(
-            self.loss_coefficients[k] * v / dens[k].clamp_min(1e-12).to(v.device) for k, v in terms.items()
+        return weighted_total(
+            self.forward(interaction), self.loss_denominators(interaction), self.loss_coefficients
         )
 
     # ----------------------------------------------------------------- inference
@@ -261,14 +258,9 @@ class LLMGenRec(SequentialRecommender):
         Recorded in every results JSON (``hyper_parameters``) so that runs can be compared by what they
         did, not by what was typed; ``compare`` labels rows with these values.
         """
-        from recbole_llm.model.temporal import RotaryTemporalEmbedding
-
-        temporal = "none" if self.temporal is None else "rope"
-        if self.temporal is not None and not isinstance(self.temporal, RotaryTemporalEmbedding):
-            temporal = "sinpe"
         hp = dict(self.objective.hparams())
         hp.update(
-            temporal_embedding=temporal,
+            temporal_embedding="none" if self.temporal is None else self.temporal.kind,
             decoder=self.decoder,
             num_beams=self.num_beams,
             length_penalty=self._length_penalty(),
@@ -276,8 +268,6 @@ class LLMGenRec(SequentialRecommender):
             trie_items=self.config["trie_items"],
             ensemble_weight=self._ensemble_weight(),
         )
-        if self.objective.name == "cetrec":
-            hp["cetrec_cf_index"] = self.cf_index_mode
         return hp
 
     def _length_penalty(self) -> float:

@@ -1,6 +1,6 @@
 """The one prompt builder: item titles → token ids, identical in training, the trie and IG.
 
-Every prompt is a concatenation of cached, pre-tokenised pieces (DESIGN §2)::
+Every prompt is a concatenation of cached, pre-tokenised pieces (docs/design.md §2)::
 
     [BOS?] prefix | item piece (oldest kept) | item piece | ... | response header | target piece
 
@@ -30,22 +30,17 @@ from lengths, so ``pad == eos`` is harmless.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 
+from recbole_llm.model.prompt_templates import Category, PromptTemplate
+from recbole_llm.utils.config_access import config_get
+
 IGNORE_INDEX = -100
-ALPACA_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n### Instruction:\n"
-)
-ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the "
-    "request.\n\n### Instruction:\n"
-)
 _NUMBER_WORDS = [
     "zero",
     "one",
@@ -70,133 +65,6 @@ _NUMBER_WORDS = [
     "twenty",
 ]
 COUNTERFACTUAL_MODES = ("placeholder", "drop")
-
-
-# --------------------------------------------------------------------------------------- templates
-@dataclass(frozen=True)
-class Category:
-    """Words naming the catalogue's items in the prompt, e.g. game / games / played."""
-
-    singular: str = "item"
-    plural: str = "items"
-    verb: str = "interacted with"
-
-    @classmethod
-    def from_any(cls, value: Any) -> Category:
-        """Accept a Category, a mapping {singular, plural[, verb]}, one word (used for both), or None."""
-        if value is None:
-            return cls()
-        if isinstance(value, Category):
-            return value
-        if isinstance(value, str):
-            return cls(singular=value, plural=value)
-        if isinstance(value, Mapping):
-            unknown = set(value) - {"singular", "plural", "verb"}
-            if unknown:
-                raise ValueError(f"category has unknown keys {sorted(unknown)}: use singular, plural, verb")
-            singular = str(value.get("singular") or value.get("plural") or "item")
-            plural = str(value.get("plural") or f"{singular}s")
-            return cls(singular=singular, plural=plural, verb=str(value.get("verb") or cls.verb))
-        raise TypeError(
-            f"category must be a mapping {{singular, plural}} or a word, not {type(value).__name__}"
-        )
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """Prompt strings; ``{singular} {plural} {verb} {max_history} {max_history_words}`` are filled in
-    the fixed pieces and ``{title}`` in ``item_format`` / ``target_format``."""
-
-    name: str
-    preamble: str
-    preamble_no_input: str
-    instruction: str
-    input_header: str
-    history_lead: str
-    item_format: str
-    item_separator: str
-    response_header: str
-    target_format: str
-
-    CONFIG_KEYS = {
-        "prompt_preamble": "preamble",
-        "prompt_preamble_no_input": "preamble_no_input",
-        "prompt_instruction": "instruction",
-        "prompt_input_header": "input_header",
-        "prompt_history_lead": "history_lead",
-        "prompt_item_format": "item_format",
-        "prompt_item_separator": "item_separator",
-        "prompt_response_header": "response_header",
-        "prompt_target_format": "target_format",
-    }
-
-    def __post_init__(self) -> None:
-        for name in ("item_format", "target_format"):
-            if "{title}" not in getattr(self, name):
-                key = next(k for k, v in self.CONFIG_KEYS.items() if v == name)
-                raise ValueError(f"{key}={getattr(self, name)!r} must contain '{{title}}'")
-
-    @classmethod
-    def builtin(cls, name: str) -> PromptTemplate:
-        name = str(name).lower()
-        if name not in BUILTIN_TEMPLATES:
-            raise ValueError(
-                f"prompt_template={name!r} is unknown: use one of {', '.join(BUILTIN_TEMPLATES)} or 'custom' "
-                f"(custom starts from d3 and takes {', '.join(cls.CONFIG_KEYS)})"
-            )
-        return BUILTIN_TEMPLATES[name]
-
-    @classmethod
-    def from_config(cls, config: Any) -> PromptTemplate:
-        """``prompt_template`` (d3 | igd | cft | custom = d3) with any ``prompt_*`` key overriding a string."""
-        name = str(_get(config, "prompt_template", "d3")).lower()
-        base = cls.builtin("d3" if name == "custom" else name)
-        overrides = {
-            f: str(_get(config, k)) for k, f in cls.CONFIG_KEYS.items() if _get(config, k) is not None
-        }
-        return replace(base, name=name, **overrides) if overrides or name == "custom" else base
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    if config is None:
-        return default
-    value = config[key] if key in config else None  # noqa: SIM401 (RecBole's Config has no .get)
-    return default if value is None else value
-
-
-_D3 = PromptTemplate(
-    name="d3",
-    preamble=ALPACA_INPUT,
-    preamble_no_input=ALPACA_NO_INPUT,
-    instruction="Given a list of {plural} the user recently enjoyed, please write a new {singular} that the user may buy",
-    input_header="\n\n### User Input:\nThe user has {verb} the following {plural} before:",
-    history_lead=" ",
-    item_format='"{title}"',
-    item_separator=", ",
-    response_header='\n\n### Response:\n"',
-    target_format='{title}"\n',
-)
-BUILTIN_TEMPLATES: dict[str, PromptTemplate] = {
-    "d3": _D3,
-    # IGD's code is D3's without the quotes around titles.
-    "igd": replace(
-        _D3,
-        name="igd",
-        item_format="{title}",
-        response_header="\n\n### Response:\n",
-        target_format="{title}\n",
-    ),
-    # CFT paper, Table 1 (BIGRec's Alpaca template; "ten" becomes the configured history length).
-    "cft": replace(
-        _D3,
-        name="cft",
-        instruction=(
-            "Given {max_history_words} {plural} that the user {verb} recently, please recommend a new "
-            "{singular} that the user likes to the user."
-        ),
-        input_header="\n\n### Input:\nThe user has {verb} the following {plural} before:",
-    ),
-}
 
 
 # --------------------------------------------------------------------------------------- batch
@@ -289,7 +157,7 @@ class PromptBuilder:
         :func:`~recbole_llm.model.backbone.load_backbone` sets to ``max_position_embeddings``): longer
         prompts lose their oldest history items, never the target.
         """
-        max_length = int(_get(config, "max_length", 512))
+        max_length = int(config_get(config, "max_length", 512))
         context = getattr(tokenizer, "model_max_length", None)
         if isinstance(context, int) and 0 < context < max_length:
             logging.getLogger(__name__).warning(
@@ -304,11 +172,11 @@ class PromptBuilder:
             tokenizer,
             titles,
             PromptTemplate.from_config(config),
-            category if category is not None else _get(config, "category"),
+            category if category is not None else config_get(config, "category"),
             max_length=max_length,
-            max_history=int(_get(config, "MAX_ITEM_LIST_LENGTH", 10)),
-            counterfactual=str(_get(config, "cft_counterfactual", "placeholder")),
-            placeholder=str(_get(config, "cft_placeholder", "None")),
+            max_history=int(config_get(config, "MAX_ITEM_LIST_LENGTH", 10)),
+            counterfactual=str(config_get(config, "cft_counterfactual", "placeholder")),
+            placeholder=str(config_get(config, "cft_placeholder", "None")),
         )
         builder.check_max_length()
         return builder

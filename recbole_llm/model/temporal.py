@@ -18,7 +18,7 @@ Paper facts (CETRec §4.2-4.3) and our reading of them:
   Index 0 (the most recent item) is the identity; norms are preserved. This is our interpretation.
 * Counterfactual (§4.3): every history item gets the same index. The paper says both "the earliest time
   step" and "the temporal embedding of the first item i_0, denoted p_0" while p_0 is the most recent
-  item's index in §4.2; ``cetrec_cf_index`` chooses: ``"earliest"`` (default, DESIGN §4: index
+  item's index in §4.2; ``cetrec_cf_index`` chooses: ``"earliest"`` (default: index
   ``history_len − 1`` of the sample), ``"latest"`` (index 0, the literal p_0) or a fixed int.
 
 Both modules have no parameters and no state (tables are recomputed in float32 on every call, a few
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recbole_llm.model.objectives import config_value
+from recbole_llm.utils.config_access import config_get
 
 TEMPORAL_KINDS = ("none", "sinpe", "rope")
 CF_INDEX_MODES = ("earliest", "latest")
@@ -59,17 +59,6 @@ def prompt_item_index(piece_lengths: Sequence[int], piece_item_ordinal: Sequence
             raise ValueError(f"item ordinals must be >= 0, got {ordinal}")
         out.extend([-1 if ordinal is None else n - 1 - ordinal] * int(length))
     return out
-
-
-def history_item_index(item_ordinal: Tensor, history_len: Tensor | int | None = None) -> Tensor:
-    """Temporal indices ``[B, L]`` from per-token chronological item ordinals (−1 = not a history item).
-
-    ``k = history_len − 1 − ordinal`` (distance from the most recent item). ``history_len [B]`` defaults
-    to ``max ordinal + 1`` of each row.
-    """
-    n = _history_len(item_ordinal, history_len)
-    index = n - 1 - item_ordinal
-    return torch.where(item_ordinal >= 0, index, torch.full_like(item_ordinal, -1))
 
 
 def counterfactual_index(
@@ -122,7 +111,12 @@ def sinusoidal_table(indices: Tensor, dim: int, base: float = 10000.0) -> Tensor
 
 
 class TemporalEmbedding(nn.Module):
-    """Base class: ``forward(inputs_embeds [B, L, H], item_index [B, L]) -> [B, L, H]``."""
+    """Base class: ``forward(inputs_embeds [B, L, H], item_index [B, L]) -> [B, L, H]``.
+
+    ``kind`` is the ``temporal_embedding`` value that builds the subclass (recorded in results files).
+    """
+
+    kind: str
 
     def __init__(self, hidden_size: int, max_items: int | None = None, base: float = 10000.0) -> None:
         super().__init__()
@@ -152,6 +146,8 @@ class TemporalEmbedding(nn.Module):
 class SinusoidalTemporalEmbedding(TemporalEmbedding):
     """CETRec SinPE: add ``scale · p_k`` (fixed Eq. 3 table) to every token of history item k."""
 
+    kind = "sinpe"
+
     def __init__(
         self, hidden_size: int, max_items: int | None = None, scale: float = 1.0, base: float = 10000.0
     ):
@@ -175,6 +171,8 @@ class RotaryTemporalEmbedding(TemporalEmbedding):
     Pairs ``(2i, 2i+1)`` turn by ``k·θ_i`` with ``θ_i = base^{-2i/d}`` (Eq. 4's block-diagonal matrix).
     """
 
+    kind = "rope"
+
     def __init__(self, hidden_size: int, max_items: int | None = None, base: float = 10000.0):
         if hidden_size % 2:
             raise ValueError(
@@ -195,26 +193,20 @@ class RotaryTemporalEmbedding(TemporalEmbedding):
         return torch.where((item_index >= 0)[..., None], rotated.to(inputs_embeds.dtype), inputs_embeds)
 
 
-def apply_temporal(inputs_embeds: Tensor, item_index: Tensor | None, module: nn.Module | None) -> Tensor:
-    """Apply the temporal embedding (no-op without module or index): factual, counterfactual, inference."""
-    if module is None or item_index is None:
-        return inputs_embeds
-    return module(inputs_embeds, item_index)
-
-
-def build_temporal_module(config: Any, hidden_size: int) -> TemporalEmbedding | None:
-    """Temporal module from config keys ``temporal_embedding`` (none|sinpe|rope; default rope for
-    objective cetrec -- the paper's best variant -- else none), ``temporal_scale`` (sinpe, default 1.0),
-    ``temporal_max_items`` (optional bound on the index, default none) and ``temporal_base`` (10000).
+def build_temporal_module(
+    config: Any, hidden_size: int, default: str | None = None
+) -> TemporalEmbedding | None:
+    """Temporal module from config keys ``temporal_embedding`` (none|sinpe|rope; absent -> ``default``,
+    the objective's ``temporal_embedding``, e.g. rope for cetrec -- the paper's best variant -- else none),
+    ``temporal_scale`` (sinpe, default 1.0), ``temporal_max_items`` (optional bound on the index, default
+    none) and ``temporal_base`` (10000).
     """
 
     def get(key: str) -> Any:
-        return config_value(config, key)
+        return config_get(config, key)
 
     kind = get("temporal_embedding")
-    if kind is None:
-        kind = "rope" if str(get("objective") or "").lower() == "cetrec" else "none"
-    kind = str(kind).strip().lower()
+    kind = str(default or "none" if kind is None else kind).strip().lower()
     if kind not in TEMPORAL_KINDS:
         raise ValueError(f"temporal_embedding = {kind!r}: choose one of {', '.join(TEMPORAL_KINDS)}")
     if kind == "none":
@@ -233,16 +225,3 @@ def build_temporal_module(config: Any, hidden_size: int) -> TemporalEmbedding | 
     scale = get("temporal_scale")
     scale = 1.0 if scale is None else float(scale)
     return SinusoidalTemporalEmbedding(hidden_size, max_items=max_items, scale=scale, base=base)
-
-
-def resolve_cf_index_mode(config: Any) -> str | int:
-    """Validated ``cetrec_cf_index`` (default ``"earliest"``)."""
-    mode = config_value(config, "cetrec_cf_index")
-    if mode is None:
-        return "earliest"
-    if isinstance(mode, str) and mode.strip().lstrip("-").isdigit():
-        mode = int(mode)
-    if isinstance(mode, str):
-        mode = mode.strip().lower()
-    counterfactual_index(torch.zeros(1, 1, dtype=torch.long), 1, mode)  # raises a clear error if invalid
-    return mode

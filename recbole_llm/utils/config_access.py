@@ -19,3 +19,14 @@ def config_get(config: Any, key: str, default: Any = None) -> Any:
     else:
         value = config[key] if key in config else None  # noqa: SIM401 (RecBole's Config has no .get)
     return default if value is None else value
+
+
+def as_number(value: Any, key: str, hint: str) -> float:
+    """``float(value)`` for a config key, or a clear error naming the key (booleans are refused: YAML's
+    ``true`` would otherwise silently become 1.0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{key}={value!r} must be a number, not a boolean ({hint}).")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} must be a number ({hint}).") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from recbole_llm.utils.config_access import config_get
+from recbole_llm.utils.config_access import as_number, config_get
 
 # decoder name -> default length penalty. d3: D3's "no length normalisation" (D3 §3.2); constrained: the
 # beam search of BIGRec/CFT with HF's length normalisation; bigrec: free generation, then grounding.
@@ -19,15 +19,6 @@ DECODERS: dict[str, float] = {"d3": 0.0, "constrained": 1.0, "bigrec": 0.0}
 TRIE_ITEMS = ("all", "train_targets")
 FILLS = ("none", "popularity")
 GROUNDING_RULES = ("bigrec", "cft")
-
-
-def _number(value: Any, key: str, hint: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{key}={value!r} must be a number ({hint}).")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}={value!r} must be a number ({hint}).") from None
 
 
 @dataclass(frozen=True)
@@ -62,13 +53,13 @@ class DecodingSettings:
         settings = cls(
             decoder=decoder,
             num_beams=num_beams,
-            length_penalty=_number(penalty, "length_penalty", "d3: 0, constrained: 1"),
-            ig_alpha=_number(alpha, "ig_alpha", "IGD's α in [0, 1]"),
+            length_penalty=as_number(penalty, "length_penalty", "d3: 0, constrained: 1"),
+            ig_alpha=as_number(alpha, "ig_alpha", "IGD's α in [0, 1]"),
             decode_batch_size=int(config_get(config, "decode_batch_size", 8)),
             trie_items=str(config_get(config, "trie_items", "all")),
             fill=str(config_get(config, "fill", "none")),
             ensemble_checkpoint=config_get(config, "ensemble_checkpoint"),
-            ensemble_weight=_number(gs, "ensemble_weight", "1 = the LLM alone"),
+            ensemble_weight=as_number(gs, "ensemble_weight", "1 = the LLM alone"),
             bigrec_generations=int(config_get(config, "bigrec_generations", num_beams)),
             bigrec_rank=str(config_get(config, "bigrec_rank", "bigrec")),
         )
