@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_llm.quick_start import Trained, load_trained
+from recbole_llm.trainer.precision import decoding_precision
 
 
 class Recommender:
@@ -53,8 +54,6 @@ class Recommender:
             raise ValueError("The history is empty: give at least one title the user interacted with.")
         items = [self.item_of(t) for t in history]
         if hasattr(self.model, "recommend_histories"):
-            from recbole_llm.analysis import decoding_precision
-
             with decoding_precision(self.model):  # the run's own autocast: the same lists as its test
                 ranked = self.model.recommend_histories([items], k)[0].tolist()
         else:

@@ -14,7 +14,6 @@ Comparison tables of results JSONs are :mod:`recbole_llm.reporting`.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import sys
 from collections.abc import Iterator, Sequence
@@ -29,7 +28,7 @@ from recbole_llm.data.dataset import histories_of
 from recbole_llm.quick_start import load_trained
 from recbole_llm.reporting.labels import labels_for
 from recbole_llm.trainer.evaluation import evaluate_ranked, ranked_to_topk
-from recbole_llm.trainer.precision import resolve_mixed_precision
+from recbole_llm.trainer.precision import decoding_precision, model_device
 from recbole_llm.utils.runs import find_run
 
 
@@ -44,24 +43,6 @@ class Run(NamedTuple):
 def is_generative(model) -> bool:
     """LLMGenRec (and any model that writes item titles) ranks by decoding, not by scoring every item."""
     return hasattr(model, "recommend_histories")
-
-
-def decoding_precision(model):
-    """The autocast the trainer evaluated this model under (``mixed_precision``), so analyses decode alike.
-
-    ``mixed_precision: auto`` is bf16 on a bf16-capable GPU or CPU (AVX512-BF16/AMX): beams decoded in fp32
-    there can differ from the run's own test lists, and the analyses would not describe that run.
-    """
-    config = getattr(model, "config", None)
-    if config is None or not is_generative(model):
-        return contextlib.nullcontext()
-    device = model_device(model, config)
-    device_type = torch.device(device).type if device is not None else "cpu"
-    precision = resolve_mixed_precision(config["mixed_precision"], device_type == "cuda")
-    if precision == "no":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -125,13 +106,6 @@ def batch_size_for(model, config) -> int:
     return int(config["eval_batch_size"] or 256)
 
 
-def model_device(model, config):
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return config["device"]
-
-
 def split_target_counts(dataset, split: str = "train") -> torch.Tensor:
     """How often each internal item id is a target in the *whole* prepared ``split`` file.
 
@@ -190,6 +164,7 @@ __all__ = [
     "is_generative",
     "iter_batches",
     "load_runs",
+    "model_device",
     "rank_items",
     "ranked_to_topk",
     "read_run_info",

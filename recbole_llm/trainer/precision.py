@@ -1,7 +1,9 @@
-"""Numeric settings of a run: the mixed precision ``auto`` resolves to, and opt-in deterministic kernels."""
+"""Numeric settings of a run: the mixed precision ``auto`` resolves to, the autocast a run decodes under,
+and opt-in deterministic kernels."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -25,6 +27,33 @@ def resolve_mixed_precision(value: str | None, use_gpu: bool = True) -> str:
     return value
 
 
+def model_device(model, config) -> torch.device:
+    """The device of the model's weights (``config["device"]`` for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return config["device"]
+
+
+def decoding_precision(model):
+    """The autocast the trainer evaluated this model under (``mixed_precision``), so analyses decode alike.
+
+    ``mixed_precision: auto`` is bf16 on a bf16-capable GPU or CPU (AVX512-BF16/AMX): beams decoded in fp32
+    there can differ from the run's own test lists, and the analyses would not describe that run. Models
+    that score every item (RecBole's baselines) run as they are.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "recommend_histories"):
+        return contextlib.nullcontext()
+    device = model_device(model, config)
+    device_type = torch.device(device).type if device is not None else "cpu"
+    precision = resolve_mixed_precision(config["mixed_precision"], device_type == "cuda")
+    if precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
 def enable_deterministic_algorithms() -> None:
     """Bit-reproducible GPU runs (``deterministic_algorithms: True``), at some speed cost.
 
@@ -37,4 +66,10 @@ def enable_deterministic_algorithms() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-__all__ = ["cpu_has_fast_bf16", "enable_deterministic_algorithms", "resolve_mixed_precision"]
+__all__ = [
+    "cpu_has_fast_bf16",
+    "decoding_precision",
+    "enable_deterministic_algorithms",
+    "model_device",
+    "resolve_mixed_precision",
+]
