@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class ProtocolParams:
-    """Protocol parameters (DESIGN.md §1). ``start``/``end`` are dates (UTC) or ``None`` for no bound."""
+    """Protocol parameters (D3's protocol, docs/design.md §1). ``start``/``end`` are dates (UTC) or ``None`` for no bound."""
 
     start: str | None = None
     end: str | None = None
@@ -273,7 +273,7 @@ class Prepared:
 
 
 def run_protocol(raw: conv.RawData, params: ProtocolParams) -> Prepared:
-    """Raw data -> kept interactions, samples and splits, following DESIGN.md §1 in this order:
+    """Raw data -> kept interactions, samples and splits, following D3's protocol (docs/design.md §1) in this order:
     title filter (before the k-core), optional user sampling, time window (+ year back-off) and k-core,
     tokens, samples, chronological split."""
     inter = raw.interactions.reset_index(drop=True)
