@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from benchmarks.hf_reference import generate_reference
 from recbole_llm.model.decoding import (
     calibrated_step_scores,
     constrained_beam_search,
     ensemble_step_scores,
-    generate_reference,
     leaves_to_items,
 )
 from recbole_llm.model.trie import TitleTrie
@@ -386,14 +386,14 @@ def test_kv_sharing_and_prefix_sharing_do_not_change_results(model_name):
 def test_shared_prefix_runs_once_and_prompt_kv_is_stored_once_per_user(monkeypatch):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from recbole_llm.model import decoding
+    from recbole_llm.model.decoding import kv_cache
 
     calls, seen = [], []
 
     def hook(module, args, kwargs):
         calls.append((tuple(kwargs["input_ids"].shape), kwargs.get("attention_mask")))
 
-    inner = ALL_ATTENTION_FUNCTIONS[decoding.SHARED_PROMPT_ATTENTION]
+    inner = ALL_ATTENTION_FUNCTIONS[kv_cache.SHARED_PROMPT_ATTENTION]
 
     def spy(module, query, key, value, mask, **kwargs):
         ctx = kwargs.get("shared_prompt")
@@ -402,7 +402,7 @@ def test_shared_prefix_runs_once_and_prompt_kv_is_stored_once_per_user(monkeypat
             seen.append((query.shape[0], layer.prompt_keys.shape[0], key.shape[0]))
         return inner(module, query, key, value, mask, **kwargs)
 
-    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, decoding.SHARED_PROMPT_ATTENTION, spy)
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, kv_cache.SHARED_PROMPT_ATTENTION, spy)
     prompts = [HEADER + p for p in PROMPTS[:3]]
     handle = LLAMA.register_forward_pre_hook(hook, with_kwargs=True)
     try:
