@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, log=print, workload=None) -> dict[str, Any]:
         t0 = time.perf_counter()
         model = workload.model("sft")
         model.eval()
-        prompts = model.prompts.prompt_ids_batch(model._histories(workload.test.inter_feat[:users]))
+        prompts = model.prompts.prompt_ids_batch(model.histories(workload.test.inter_feat[:users]))
         dec = run_decoder(
             model,
             prompts,

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.hf_reference import generate_reference
 from benchmarks.workload import Timer
-from recbole_llm.model.decoding import constrained_beam_search, generate_reference
+from recbole_llm.model.decoding import constrained_beam_search
 
 # Two titles whose scores differ by less than this are a tie: the per-title score is a sum of ~15 float32
 # log-probabilities, and the same sum computed with other batch shapes (users batched, beams sharing the

@@ -132,7 +132,7 @@ def _token_counts(models, data, micro: list[np.ndarray]) -> dict[str, float]:
     fact, cf, cf_run = [], [], []
     for idx in micro:
         inter = data.inter_feat[torch.from_numpy(idx)]
-        hist, targets = sft._histories(inter), inter[sft.POS_ITEM_ID].tolist()
+        hist, targets = sft.histories(inter), inter[sft.POS_ITEM_ID].tolist()
         batch = sft.prompts.build(hist, targets)
         fact.append(batch.input_ids.numel())
         if "cft" in models:

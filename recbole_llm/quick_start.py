@@ -20,6 +20,7 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_llm.config import Config
 from recbole_llm.data.dataset import SharedSplitDataset
+from recbole_llm.ensemble import load_ensemble_model
 from recbole_llm.model import get_model
 from recbole_llm.model.decoding.settings import DECODING_KEYS
 from recbole_llm.trainer import get_trainer
@@ -60,6 +61,8 @@ def load_run(config: Config, quiet: bool = False, with_trainer: bool = True):
     model = get_model(config["model"])(config, train_data._dataset)
     if config["model"] not in ("LLMGenRec",):
         model = model.to(config["device"])
+    if getattr(model, "decoding", None) is not None and model.decoding.uses_ensemble:
+        model.set_ensemble_model(load_ensemble_model(config, model.n_items))  # missing / mismatched: raises
     trainer = get_trainer(config["model"])(config, model) if with_trainer else None
     if not quiet:
         getLogger().info(dataset)

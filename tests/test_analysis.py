@@ -369,7 +369,7 @@ def test_ig_loss_hook_equals_hand_computation(llm_workspace, monkeypatch):
     means = tracker.flush(0)
 
     model.eval()
-    histories = model._histories(inter)
+    histories = model.histories(inter)
     targets = inter["item_id"].tolist()
     with torch.no_grad():
         logits = model._target_logits(model.prompts.build(histories, targets)).double()

@@ -125,7 +125,7 @@ def test_counterfactual_pass_reuses_the_instruction_kv_exactly(workload, objecti
     model.train()
     assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in model.llm.modules())  # comparable
     inter = workload.train.inter_feat[:4]
-    hist, targets = model._histories(inter), inter[model.POS_ITEM_ID].tolist()
+    hist, targets = model.histories(inter), inter[model.POS_ITEM_ID].tolist()
     batch = model.prompts.build(hist, targets)
     cf = model.objective.counterfactual_inputs(model.prompts, batch, hist, targets)
     cf_batch, cf_index = cf.batch, cf.item_index

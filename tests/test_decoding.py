@@ -1,5 +1,6 @@
 """Trie-constrained beam search: validity, equality with the Hugging Face oracle, exhaustive scoring,
-IG calibration, D3 ensemble, batching/left padding, item expansion, random catalogues."""
+the scorers (IG calibration, D3 ensemble, length penalty, a custom one), batching/left padding, item
+expansion, random catalogues."""
 
 import math
 
@@ -9,11 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from benchmarks.hf_reference import generate_reference
 from recbole_llm.model.decoding import (
+    BeamScorer,
+    BeamStep,
+    D3Ensemble,
+    DecodingSettings,
+    IGCalibration,
+    LengthPenalty,
+    build_scorers,
     calibrated_step_scores,
+    compose_scorers,
     constrained_beam_search,
     ensemble_step_scores,
-    generate_reference,
     leaves_to_items,
 )
 from recbole_llm.model.trie import TitleTrie
@@ -147,6 +156,127 @@ def test_ensemble_step_scores_by_hand():
     assert torch.equal(
         ensemble_step_scores(torch.tensor([-1.0]), torch.tensor([0.5]), 1.0), torch.tensor([-1.0])
     )
+
+
+# ---------------------------------------------------------------------------------------------- scorers
+# Two one-token titles: item 1 = [3, EOS] (weight 9), item 2 = [4, EOS] (weight 1). IG(root -> 3) is the
+# entropy term of the sibling subtree, -0.1 log 0.1 = 0.230, IG(root -> 4) = -0.9 log 0.9 = 0.095, so the
+# sibling-normalised IG~ of tokens [3, 4] is [1, 0].
+TOY = [[3, EOS], [4, EOS]]
+
+
+def _root_step(trie: TitleTrie) -> BeamStep:
+    """The first decoding step of one user with one beam, as the search hands it to the scorers."""
+    nodes = torch.zeros(1, dtype=torch.long)
+    edges, valid = trie.children(nodes)
+    return BeamStep(trie, 0, nodes, edges, valid, trie.edge_token[edges], torch.zeros(1, dtype=torch.long), 1)
+
+
+def test_ig_calibration_scorer_by_hand():
+    trie = _trie(TOY, [9, 1])
+    step = _root_step(trie)
+    assert step.tokens.tolist() == [[3, 4]] and trie.edge_ig_norm[step.edges].tolist() == [[1.0, 0.0]]
+    logp = torch.tensor([[-0.1, -2.3]])
+    # alpha = 0.2: [(1 - 0.2 * 1) * -0.1, (1 - 0.2 * 0) * -2.3] = [-0.08, -2.3]
+    assert IGCalibration(0.2).token_scores(logp, step)[0].tolist() == pytest.approx([-0.08, -2.3])
+    assert torch.equal(IGCalibration(0.0).token_scores(logp, step), logp)
+
+
+def test_d3_ensemble_scorer_by_hand():
+    trie = _trie(TOY, [9, 1])
+    step = _root_step(trie)
+    probs = torch.tensor([[0.0, 0.25, 0.75]])  # the traditional model: item 1 -> 0.25, item 2 -> 0.75
+    # gs = 0.6: [0.6 * -0.1 + 0.4 * log 0.25, 0.6 * -2.3 + 0.4 * log 0.75] = [-0.6145177, -1.4950728]
+    scorer = D3Ensemble(probs, 0.6).for_batch(torch.tensor([0]), trie)
+    got = scorer.token_scores(torch.tensor([[-0.1, -2.3]]), step)
+    assert got[0].tolist() == pytest.approx([-0.6145177, -1.4950728], abs=1e-6)
+    with pytest.raises(RuntimeError, match="for_batch"):
+        D3Ensemble(probs, 0.6).token_scores(torch.tensor([[-0.1, -2.3]]), step)
+    with pytest.raises(ValueError, match="gs"):
+        D3Ensemble(probs, 1.5)
+
+
+def test_length_penalty_scorer_by_hand():
+    total = torch.tensor([-3.0])
+    assert LengthPenalty(1.0).finished_scores(total, 3).tolist() == [-1.0]  # -3 / 3
+    assert LengthPenalty(2.0).finished_scores(total, 3).tolist() == pytest.approx([-3.0 / 9])
+    # Early-stopping bound of a running beam with sum -2 after 2 tokens, titles up to 5 tokens long:
+    running = torch.tensor([-2.0])
+    assert LengthPenalty(1.0).attainable_scores(running, 2, None).tolist() == [-1.0]  # HF's default: now
+    assert LengthPenalty(1.0).attainable_scores(running, 2, 5).tolist() == pytest.approx([-0.4])  # "never"
+    assert LengthPenalty(-1.0).attainable_scores(running, 2, 5).tolist() == [-4.0]  # lp < 0: now is best
+    # D3 decodes without length normalisation: no scorer at all, the base class changes nothing.
+    assert torch.equal(BeamScorer().finished_scores(total, 3), total)
+
+
+def test_build_scorers_follows_the_decoding_settings():
+    probs = torch.ones(2, 11)
+    assert build_scorers(DecodingSettings()) == []  # d3, alpha 0, gs 1: the plain log-probability
+    settings = DecodingSettings(
+        decoder="constrained", length_penalty=1.0, ig_alpha=0.2, ensemble_weight=0.5, ensemble_checkpoint="x"
+    )
+    scorers = build_scorers(settings, probs)
+    assert [type(s) for s in scorers] == [D3Ensemble, IGCalibration, LengthPenalty]  # the order they apply
+    assert (scorers[0].weight, scorers[1].alpha, scorers[2].penalty) == (0.5, 0.2, 1.0)
+    with pytest.raises(ValueError, match="item probabilities"):
+        build_scorers(settings)
+    bigrec = DecodingSettings(decoder="bigrec", ensemble_weight=0.5)  # free generation: nothing to guide
+    assert build_scorers(bigrec, probs) == []
+
+
+def test_scorers_list_equals_the_knobs():
+    trie = _trie(CAT_A, [1, 5, 2, 1, 3, 1, 1, 2, 4, 1])
+    probs = torch.softmax(
+        torch.randn(len(PROMPTS), len(CAT_A) + 1, generator=torch.Generator().manual_seed(5)), -1
+    )
+    knobs = dict(length_penalty=1.0, ig_alpha=0.5, ensemble=probs, ensemble_weight=0.7)
+    by_knobs = constrained_beam_search(LLAMA, PROMPTS, trie, num_beams=6, batch_size=2, **knobs)
+    by_list = constrained_beam_search(
+        LLAMA, PROMPTS, trie, num_beams=6, batch_size=2, scorers=compose_scorers(**knobs)
+    )
+    assert torch.equal(by_knobs[0], by_list[0]) and torch.equal(by_knobs[1], by_list[1])
+    plain = constrained_beam_search(LLAMA, PROMPTS, trie, num_beams=6, batch_size=2)
+    assert not torch.equal(plain[1], by_list[1])
+    with pytest.raises(ValueError, match="not both"):
+        constrained_beam_search(LLAMA, PROMPTS, trie, ig_alpha=0.5, scorers=[IGCalibration(0.5)])
+
+
+class BanFirstToken(BeamScorer):
+    """A custom scorer: no title may start with ``token`` (say, a franchise the user asked not to see)."""
+
+    def __init__(self, token: int):
+        self.token = token
+
+    def token_scores(self, scores: torch.Tensor, step: BeamStep) -> torch.Tensor:
+        if step.step > 0:  # only the first title token is concerned
+            return scores
+        return scores.masked_fill(step.tokens == self.token, -math.inf)
+
+
+def test_a_custom_scorer_changes_the_ranking():
+    trie = _trie(CAT_A)
+    k = trie.num_leaves  # beams for every title: the whole catalogue is ranked
+    plain_leaves, plain_scores = constrained_beam_search(LLAMA, PROMPTS[:2], trie, num_beams=k)
+    leaves, scores = constrained_beam_search(
+        LLAMA, PROMPTS[:2], trie, num_beams=k, scorers=[BanFirstToken(3)]
+    )
+    for u in range(2):
+        ranked = plain_leaves[u].tolist()
+        banned = [leaf for leaf in ranked if trie.leaf_tokens(leaf)[0] == 3]
+        kept = [leaf for leaf in ranked if trie.leaf_tokens(leaf)[0] != 3]
+        assert banned  # the ban is not vacuous: titles starting with token 3 ranked before
+        # The banned titles are gone, the others keep their order and their scores.
+        assert leaves[u].tolist() == kept + [-1] * len(banned)
+        expect = [plain_scores[u, ranked.index(x)].item() for x in kept]
+        assert scores[u, : len(kept)].tolist() == pytest.approx(expect, abs=1e-5)
+    # Composed with the papers' scorers, it applies on top of them (here after IGD's calibration).
+    calibrated = constrained_beam_search(LLAMA, PROMPTS[:2], trie, num_beams=k, ig_alpha=0.5)
+    both = constrained_beam_search(
+        LLAMA, PROMPTS[:2], trie, num_beams=k, scorers=[*compose_scorers(ig_alpha=0.5), BanFirstToken(3)]
+    )
+    for u in range(2):
+        expect = [x for x in calibrated[0][u].tolist() if trie.leaf_tokens(x)[0] != 3]
+        assert both[0][u].tolist()[: len(expect)] == expect
 
 
 # ---------------------------------------------------------------------------------------------- oracle
@@ -386,14 +516,14 @@ def test_kv_sharing_and_prefix_sharing_do_not_change_results(model_name):
 def test_shared_prefix_runs_once_and_prompt_kv_is_stored_once_per_user(monkeypatch):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from recbole_llm.model import decoding
+    from recbole_llm.model.decoding import kv_cache
 
     calls, seen = [], []
 
     def hook(module, args, kwargs):
         calls.append((tuple(kwargs["input_ids"].shape), kwargs.get("attention_mask")))
 
-    inner = ALL_ATTENTION_FUNCTIONS[decoding.SHARED_PROMPT_ATTENTION]
+    inner = ALL_ATTENTION_FUNCTIONS[kv_cache.SHARED_PROMPT_ATTENTION]
 
     def spy(module, query, key, value, mask, **kwargs):
         ctx = kwargs.get("shared_prompt")
@@ -402,7 +532,7 @@ def test_shared_prefix_runs_once_and_prompt_kv_is_stored_once_per_user(monkeypat
             seen.append((query.shape[0], layer.prompt_keys.shape[0], key.shape[0]))
         return inner(module, query, key, value, mask, **kwargs)
 
-    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, decoding.SHARED_PROMPT_ATTENTION, spy)
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, kv_cache.SHARED_PROMPT_ATTENTION, spy)
     prompts = [HEADER + p for p in PROMPTS[:3]]
     handle = LLAMA.register_forward_pre_hook(hook, with_kwargs=True)
     try:

@@ -185,7 +185,7 @@ def test_long_prompts_drop_the_oldest_history_items_never_the_target(data, model
     dataset, (train, _, _), model, _ = build(data, model_dir, max_length=200)
     prompts, tok = model.prompts, model.tokenizer
     inter = train.dataset.inter_feat
-    histories, targets = model._histories(inter), inter["item_id"].tolist()
+    histories, targets = model.histories(inter), inter["item_id"].tolist()
     b = max(range(len(histories)), key=lambda i: len(histories[i]))  # a 6-item history
     batch = prompts.build([histories[b]], [targets[b]])
     n = int(batch.lengths[0])

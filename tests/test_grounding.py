@@ -1,4 +1,5 @@
-"""BIGRec grounding: L2 matching, the CFT top-K rule, last-token embeddings of a tiny Llama."""
+"""BIGRec grounding: L2 matching, the CFT top-K rule, last-token embeddings of a tiny Llama, free generation
+grounded to titles."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from recbole_llm.model.grounding import (
+    CFT_GENERATIONS,
     bigrec_rank,
     dedup_first,
     embed_token_sequences,
+    free_beam_generate,
+    ground_generations,
     l2_ground,
     last_token_hidden,
     ranking_to_scores,
@@ -124,3 +128,21 @@ def test_embed_token_sequences_keeps_input_order(tiny_llama):
         embed_token_sequences(tiny_llama, [[1], []], pad_token_id=0)
     with pytest.raises(ValueError, match="all zeros"):
         last_token_hidden(tiny_llama, torch.ones(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_free_generations_are_grounded_to_the_titles(tiny_llama):
+    prompts, eos = [[5, 9, 11], [7, 8]], 3
+    generations = free_beam_generate(tiny_llama, prompts, 4, 5, 0, eos)
+    assert [len(row) for row in generations] == [4, 4]  # n_gen beams per prompt
+    for row in generations:
+        assert len({tuple(g) for g in row}) == 4  # distinct beams
+        assert all(1 <= len(g) <= 5 and (eos not in g or g.index(eos) == len(g) - 1) for g in row)
+    titles = embed_token_sequences(tiny_llama, SEQS + [[20, 21], [22], [23, 24, 25], [26, 3]], pad_token_id=0)
+    kw = dict(max_new_tokens=5, pad_token_id=0, eos_token_id=eos)
+    for rule, n_gen in (("bigrec", 4), ("cft", CFT_GENERATIONS)):
+        # The same as grounding the embedded generations by hand; "cft" always grounds CFT's 5 generations.
+        gens = free_beam_generate(tiny_llama, prompts, n_gen, 5, 0, eos)
+        gen_emb = embed_token_sequences(tiny_llama, [g for row in gens for g in row], pad_token_id=0)
+        expect = bigrec_rank(gen_emb.view(2, n_gen, -1), titles, 7, rule=rule)
+        got = ground_generations(tiny_llama, prompts, titles, 7, n_gen=4, rule=rule, **kw)
+        assert got.shape == (2, 7) and torch.equal(got, expect)

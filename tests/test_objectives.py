@@ -441,7 +441,7 @@ def test_a_new_objective_registers_builds_and_trains(first_token_objective, tmp_
     assert dens == {NORMAL: 4.0}  # one weighted token per sample, known before the forward pass
     loss = weighted_total(model(inter), dens, model.loss_coefficients)
     # ... and the loss is the mean cross-entropy of every sample's first target token
-    batch = model.prompts.build(model._histories(inter), inter[model.POS_ITEM_ID].tolist())
+    batch = model.prompts.build(model.histories(inter), inter[model.POS_ITEM_ID].tolist())
     first = batch.target_t == 1
     expected = F.cross_entropy(model._target_logits(batch)[first].float(), batch.target_labels[first])
     assert torch.allclose(loss, expected, atol=1e-6)

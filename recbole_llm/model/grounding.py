@@ -7,7 +7,7 @@ is matched to all item embeddings by L2 distance.
 Ranking rules (``bigrec_rank``):
 
 * ``"bigrec"`` (original BIGRec): one generation; items ranked by distance to it.
-* ``"cft"`` (CFT §4.1.4, also used by CETRec; DESIGN §5): R generations (5 in the papers), in beam order.
+* ``"cft"`` (CFT §4.1.4, also used by CETRec): R generations (5 in the papers), in beam order.
   Top-R = the best match of each generation (generation order); the next R = the second-best match of
   each; and so on, rank-major. Duplicates keep their first occurrence and later ones are skipped, so the
   list always has K distinct items (the CFT reference code keeps duplicates, which can count one hit
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 GROUNDING_RULES = ("bigrec", "cft")
+CFT_GENERATIONS = 5  # CFT §4.1.4 (and CETRec) ground 5 generations
 
 
 def l2_ground(
@@ -194,3 +195,55 @@ def embed_token_sequences(
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return stacked[inverse.to(stacked.device)]
+
+
+def free_beam_generate(
+    model: nn.Module, prompts: Sequence[Sequence[int]], n_gen: int, max_new: int, pad_id: int, eos_id: int
+) -> list[list[list[int]]]:
+    """BIGRec's free generation: ``n_gen`` beams per prompt, returned as token lists up to EOS (incl.)."""
+    out = []
+    device = next(model.parameters()).device
+    for prompt in prompts:
+        ids = torch.tensor([prompt], device=device)
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            num_beams=n_gen,
+            num_return_sequences=n_gen,
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )[:, ids.shape[1] :]
+        rows = []
+        for seq in gen.tolist():
+            end = seq.index(eos_id) + 1 if eos_id in seq else len(seq)
+            rows.append(seq[:end] or [eos_id])
+        out.append(rows)
+    return out
+
+
+def ground_generations(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    item_emb: Tensor,
+    k: int,
+    *,
+    n_gen: int,
+    rule: str,
+    max_new_tokens: int,
+    pad_token_id: int,
+    eos_token_id: int,
+) -> Tensor:
+    """BIGRec's decoder: free beam search, then L2 grounding of each generation to every item title.
+
+    Returns rows of ``item_emb`` ``[U, k]``, best first. ``rule="cft"`` grounds :data:`CFT_GENERATIONS`
+    generations whatever ``n_gen`` says (CFT §4.1.4).
+    """
+    if rule == "cft":
+        n_gen = CFT_GENERATIONS
+    generations = free_beam_generate(model, prompts, n_gen, max_new_tokens, pad_token_id, eos_token_id)
+    gen_emb = embed_token_sequences(
+        model, [g for row in generations for g in row], pad_token_id=pad_token_id
+    ).view(len(prompts), n_gen, -1)
+    return bigrec_rank(gen_emb, item_emb, k, rule=rule)

@@ -14,12 +14,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from recbole.data.interaction import Interaction
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from recbole_llm.data.dataset import histories_of
 from recbole_llm.model.backbone import load_backbone
-from recbole_llm.model.decoding import constrained_beam_search, leaves_to_items
-from recbole_llm.model.grounding import bigrec_rank, embed_token_sequences
+from recbole_llm.model.decoding import (
+    DecodingSettings,
+    build_scorers,
+    constrained_beam_search,
+    fill_by_popularity,
+    leaves_to_items,
+)
+from recbole_llm.model.grounding import embed_token_sequences, ground_generations
 from recbole_llm.model.objectives import (
     build_objective,
     gather_token_weights,
@@ -33,7 +41,7 @@ from recbole_llm.utils.checkpoint import load_trainable, save_trainable
 
 CHECKPOINT_FILE = "trainable.safetensors"
 
-DECODERS = {"d3": 0.0, "constrained": 1.0, "bigrec": None}
+__all__ = ["CHECKPOINT_FILE", "LLMGenRec", "fill_by_popularity"]
 
 
 class LLMGenRec(SequentialRecommender):
@@ -44,17 +52,8 @@ class LLMGenRec(SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.config = config
-        self.decoder = str(config["decoder"] or "d3")
-        if self.decoder not in DECODERS:
-            raise ValueError(f"Unknown decoder {self.decoder!r}: choose one of {', '.join(DECODERS)}.")
-        self.num_beams = int(config["num_beams"] or 10)
-        topk = max(config["topk"]) if config["topk"] else 10
-        if self.decoder != "bigrec" and self.num_beams < topk:
-            raise ValueError(
-                f"num_beams={self.num_beams} is smaller than the largest K in topk ({topk}): the decoder returns "
-                f"one item per beam, so set num_beams >= {topk}."
-            )
         self.objective = build_objective(config)
+        self.decoding = DecodingSettings.from_config(config, self.objective)  # validated once, here
         self.llm, self.tokenizer = load_backbone(config)
         titles = dataset.item_titles(config["title_field"] or "title")
         self.prompts = PromptBuilder.from_config(config, self.tokenizer, titles, _category(config))
@@ -66,13 +65,11 @@ class LLMGenRec(SequentialRecommender):
         all_items = list(range(1, len(sequences)))
         # IG: item probability = frequency as a training target, over the titles of all items (IGD).
         self.ig_trie = TitleTrie.build([sequences[i] for i in all_items], all_items, item_weight=counts[1:])
-        if config["trie_items"] in (None, "all"):
+        if self.decoding.trie_items == "all":
             self.trie = self.ig_trie
-        elif config["trie_items"] == "train_targets":
+        else:  # train_targets
             keep = [i for i in all_items if counts[i] > 0]
             self.trie = TitleTrie.build([sequences[i] for i in keep], keep, item_weight=counts[keep])
-        else:
-            raise ValueError(f"trie_items={config['trie_items']!r}: use 'all' or 'train_targets'.")
         self._item_tables(sequences)
         self.temporal = build_temporal_module(
             config, self.llm.config.hidden_size, default=self.objective.temporal_embedding
@@ -110,13 +107,12 @@ class LLMGenRec(SequentialRecommender):
     def sample_lengths(self, dataset) -> np.ndarray:
         """Token length of every sample's training prompt (for length-grouped batching)."""
         inter = dataset.inter_feat
-        return self.prompts.lengths(self._histories(inter), inter[self.POS_ITEM_ID].tolist())
+        return self.prompts.lengths(self.histories(inter), inter[self.POS_ITEM_ID].tolist())
 
     # ----------------------------------------------------------------- forward
-    def _histories(self, interaction) -> list[list[int]]:
-        seq = interaction[self.ITEM_SEQ].cpu()
-        lens = interaction[self.ITEM_SEQ_LEN].cpu().tolist()
-        return [row[:n].tolist() for row, n in zip(seq, lens, strict=True)]
+    def histories(self, interaction) -> list[list[int]]:
+        """Each sample's history (item ids, oldest first): the prompt builder's input."""
+        return histories_of(interaction, self.ITEM_SEQ, self.ITEM_SEQ_LEN)
 
     def _embed(self, input_ids: torch.Tensor, item_index: torch.Tensor | None) -> torch.Tensor:
         embeds = self.llm.get_input_embeddings()(input_ids)
@@ -172,7 +168,7 @@ class LLMGenRec(SequentialRecommender):
 
     def forward(self, interaction) -> dict[str, torch.Tensor]:
         """Numerators of every active loss term for a micro-batch (the trainer divides by batch totals)."""
-        histories = self._histories(interaction)
+        histories = self.histories(interaction)
         targets = interaction[self.POS_ITEM_ID].tolist()
         batch = self.prompts.build(histories, targets)
         # With a counterfactual pass, keep this pass's KV cache: both prompts start with the same instruction.
@@ -212,7 +208,7 @@ class LLMGenRec(SequentialRecommender):
     @torch.no_grad()
     def recommend(self, interaction, k: int) -> torch.Tensor:
         """Ranked item ids ``[B, k]`` for each sample's history (``-1`` pads short lists unless filled)."""
-        return self.recommend_histories(self._histories(interaction), k).to(interaction[self.ITEM_SEQ].device)
+        return self.recommend_histories(self.histories(interaction), k).to(interaction[self.ITEM_SEQ].device)
 
     @torch.no_grad()
     def recommend_histories(
@@ -224,32 +220,28 @@ class LLMGenRec(SequentialRecommender):
         """
         cf = True if without_history else None
         prompts = self.prompts.prompt_ids_batch(histories, counterfactual=cf)
-        if self.decoder == "bigrec":
+        settings = self.decoding
+        if settings.decoder == "bigrec":
             ranked = self._bigrec_rank(prompts, k)
         else:
             item_index = None
             if self.temporal is not None:
                 item_index = [self.prompts.prompt_item_index(h, counterfactual=cf) for h in histories]
-            gs = self._ensemble_weight()
+            ensemble = self._ensemble_probs(histories) if settings.uses_ensemble else None
             leaves, _ = constrained_beam_search(
                 self.llm,
                 prompts,
                 self.trie,
-                num_beams=self.num_beams,
-                length_penalty=self._length_penalty(),
-                ig_alpha=self._ig_alpha(),
+                num_beams=settings.num_beams,
                 pad_token_id=self.prompts.pad_token_id,
-                batch_size=int(self.config["decode_batch_size"] or 8),
-                ensemble=self._ensemble_probs(histories) if gs < 1.0 else None,
-                ensemble_weight=gs,
+                batch_size=settings.decode_batch_size,
                 prompt_item_index=item_index,
                 embed_fn=self._embed if self.temporal is not None else None,
+                scorers=build_scorers(settings, ensemble),
             )
             ranked = leaves_to_items(self.trie, leaves, k)
-        if self.config["fill"] == "popularity":
+        if settings.fill == "popularity":
             ranked = fill_by_popularity(ranked, self._fill_order)
-        elif self.config["fill"] not in (None, "none"):
-            raise ValueError(f"fill={self.config['fill']!r}: use 'none' or 'popularity'.")
         return ranked
 
     def hyper_parameters(self) -> dict[str, Any]:
@@ -261,49 +253,24 @@ class LLMGenRec(SequentialRecommender):
         hp = dict(self.objective.hparams())
         hp.update(
             temporal_embedding="none" if self.temporal is None else self.temporal.kind,
-            decoder=self.decoder,
-            num_beams=self.num_beams,
-            length_penalty=self._length_penalty(),
-            ig_alpha=self._ig_alpha(),
-            trie_items=self.config["trie_items"],
-            ensemble_weight=self._ensemble_weight(),
+            **self.decoding.recorded(),
         )
         return hp
 
-    def _length_penalty(self) -> float:
-        if self.config["length_penalty"] is not None:
-            return float(self.config["length_penalty"])
-        return DECODERS[self.decoder] or 0.0
-
-    def _ensemble_weight(self) -> float:
-        """D3's gs (1 = the LLM alone); validated by the trainer before training."""
-        gs = self.config["ensemble_weight"]
-        return 1.0 if gs is None else float(gs)
-
-    def _ig_alpha(self) -> float:
-        alpha = self.config["ig_alpha"]
-        if alpha is None:
-            return 0.2 if self.objective.name == "igd" else 0.0
-        alpha = float(alpha)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(
-                f"ig_alpha={alpha} is outside [0, 1]: the decoding weight 1 - α·IG~ must stay >= 0."
-            )
-        return alpha
-
     def _ensemble_probs(self, histories: list[list[int]]) -> torch.Tensor:
         """D3 ensemble: the traditional model's next-item probabilities ``[U, n_items]`` for each history."""
-        if self._ensemble_model is None:
-            self.set_ensemble_model(load_ensemble_model(self.config, self.n_items))
         model = self._ensemble_model
+        if model is None:
+            raise ValueError(
+                "ensemble_weight < 1 decodes with a traditional model: pass it to set_ensemble_model "
+                "(recbole_llm.ensemble.load_ensemble_model reads ensemble_checkpoint; load_run does both)."
+            )
         width = self.max_seq_length
         seq = torch.zeros((len(histories), width), dtype=torch.long)
         for row, h in enumerate(histories):
             h = h[-width:]
             seq[row, : len(h)] = torch.tensor(h)
         lengths = torch.tensor([max(1, min(len(h), width)) for h in histories])
-        from recbole.data.interaction import Interaction
-
         inter = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
         scores = model.full_sort_predict(inter).view(len(histories), -1).float()
         scores[:, 0] = -float("inf")
@@ -322,25 +289,18 @@ class LLMGenRec(SequentialRecommender):
 
     def _bigrec_rank(self, prompts: list[list[int]], k: int) -> torch.Tensor:
         """BIGRec: free beam search, then L2 grounding of each generation to every item title."""
-        n_gen = int(self.config["bigrec_generations"] or self.num_beams)
-        rule = str(self.config["bigrec_rank"] or "bigrec")
-        if rule == "cft":
-            n_gen = 5
-        generations = free_beam_generate(
+        ranked = ground_generations(
             self.llm,
             prompts,
-            n_gen,
-            self.trie.max_depth,
-            self.prompts.pad_token_id,
-            self.prompts.eos_token_id,
+            self._title_embeddings(),
+            k,
+            n_gen=self.decoding.bigrec_generations,
+            rule=self.decoding.bigrec_rank,
+            max_new_tokens=self.trie.max_depth,
+            pad_token_id=self.prompts.pad_token_id,
+            eos_token_id=self.prompts.eos_token_id,
         )
-        gen_emb = embed_token_sequences(
-            self.llm, [g for row in generations for g in row], pad_token_id=self.prompts.pad_token_id
-        ).view(len(prompts), n_gen, -1)
-        ranked = (
-            bigrec_rank(gen_emb, self._title_embeddings(), k, rule=rule) + 1
-        )  # row 0 of the table = item 1
-        return ranked.cpu()
+        return (ranked + 1).cpu()  # row 0 of the title table = item 1
 
     def _title_embeddings(self) -> torch.Tensor:
         """Last-layer, last-token hidden state of every item title (cached until the weights change)."""
@@ -360,7 +320,7 @@ class LLMGenRec(SequentialRecommender):
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """RecBole API: scores ``[B, n_items]`` whose order is the ranked list (reads only the history)."""
-        k = self.num_beams
+        k = self.decoding.num_beams
         ranked = self.recommend(interaction, k)
         scores = torch.full((ranked.shape[0], self.n_items), float("-inf"), device=ranked.device)
         values = torch.arange(k, 0, -1, device=ranked.device, dtype=torch.float).expand_as(ranked)
@@ -388,106 +348,10 @@ class LLMGenRec(SequentialRecommender):
         self._title_emb = None
 
 
-def fill_by_popularity(ranked: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Replace ``-1`` slots by the most popular training targets not already in the list (deterministic)."""
-    out = ranked.clone()
-    for row in range(out.shape[0]):
-        missing = int((out[row] < 0).sum())
-        if not missing:
-            continue
-        present = set(out[row][out[row] >= 0].tolist())
-        extra = [i for i in order[: missing + len(present)].tolist() if i not in present][:missing]
-        out[row, out.shape[1] - missing :] = torch.tensor(extra, dtype=out.dtype)
-    return out
-
-
 def _identity_config(config) -> dict[str, Any]:
     """The config keys that decide the checkpoint's tensor layout (named in mismatch errors)."""
     keys = ("model", "llm_path", "tuning", "lora_r", "lora_alpha", "lora_target_modules")
     return {k: config[k] for k in keys}
-
-
-def free_beam_generate(
-    model, prompts, n_gen: int, max_new: int, pad_id: int, eos_id: int
-) -> list[list[list[int]]]:
-    """BIGRec's free generation: ``n_gen`` beams per prompt, returned as token lists up to EOS (incl.)."""
-    out = []
-    device = next(model.parameters()).device
-    for prompt in prompts:
-        ids = torch.tensor([prompt], device=device)
-        gen = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            num_beams=n_gen,
-            num_return_sequences=n_gen,
-            max_new_tokens=max_new,
-            do_sample=False,
-            pad_token_id=pad_id,
-            eos_token_id=eos_id,
-        )[:, ids.shape[1] :]
-        rows = []
-        for seq in gen.tolist():
-            end = seq.index(eos_id) + 1 if eos_id in seq else len(seq)
-            rows.append(seq[:end] or [eos_id])
-        out.append(rows)
-    return out
-
-
-def load_ensemble_model(config, n_items: int):
-    """The D3 ensemble's traditional model from a checkpoint of the same split (``ensemble_checkpoint``)."""
-    path = config["ensemble_checkpoint"]
-    if not path:
-        raise ValueError(
-            "ensemble_weight < 1 needs ensemble_checkpoint: the .pth of a SASRec run on the same dataset "
-            "(python run_recbole_llm.py --model=SASRec --dataset=...; see results/<dataset>/SASRec-*.json)."
-        )
-    from recbole_llm.utils.checkpoint import safe_torch_load
-
-    state = safe_torch_load(path, map_location="cpu")
-    model_name = state.get("model", "SASRec")
-    from recbole_llm.config import Config
-    from recbole_llm.model import get_model
-
-    # The run's own settings (hidden_size, n_layers, ...) rebuild its architecture; paths come from this run.
-    overrides = {
-        k: v
-        for k, v in (state.get("config_overrides") or {}).items()
-        if k
-        not in ("data_path", "checkpoint_dir", "results_dir", "device", "gpu_id", "state", "show_progress")
-    }
-    overrides["data_path"] = config["data_root"]
-    sub = Config(model=model_name, dataset=config["dataset"], config_dict=overrides)
-    dataset = _ItemCountStub(sub, n_items)
-    model = get_model(model_name)(sub, dataset)
-    try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(
-            f"ensemble_checkpoint {path} does not match this dataset ({n_items} item ids) or its recorded "
-            f"{model_name} settings: train the traditional model on the same prepared split with this "
-            f"version (its checkpoint then records its settings). Details: {str(err).splitlines()[0]}"
-        ) from err
-    return model.eval()
-
-
-class _ItemCountStub:
-    """Just enough of a RecBole dataset to construct a sequential model (no data loading)."""
-
-    def __init__(self, config, n_items: int):
-        self.config = config
-        self.item_num = n_items
-        self.user_num = 1
-        self.uid_field = config["USER_ID_FIELD"]
-        self.iid_field = config["ITEM_ID_FIELD"]
-
-    def num(self, field: str) -> int:
-        return self.item_num if field == self.iid_field else self.user_num
-
-    def get_user_feature(self):
-        return None
-
-    def get_item_feature(self):
-        return None
 
 
 def _category(config) -> dict[str, str]:

@@ -24,8 +24,6 @@ from recbole.utils import EvaluatorType, early_stopping, get_local_time, set_col
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from recbole_llm.model.grounding import GROUNDING_RULES
-from recbole_llm.model.llm_gen_rec import load_ensemble_model
 from recbole_llm.model.objectives import weighted_total
 from recbole_llm.trainer.batching import plan_epoch, shard
 from recbole_llm.trainer.evaluation import ranked_to_topk, score_ranked
@@ -83,37 +81,6 @@ class LLMTrainer(ResumableTraining, Trainer):
                 f"valid_metric={config['valid_metric']!r} is neither 'loss' nor one of the evaluated metrics "
                 f"({', '.join(sorted(known))}): pick one of them, or add its metric / K to metrics / topk."
             )
-        model = self.model
-        if not hasattr(model, "recommend_histories"):
-            return
-        model._ig_alpha()  # raises for α outside [0, 1]
-        if config["fill"] not in (None, "none", "popularity"):
-            raise ValueError(f"fill={config['fill']!r}: use 'none' or 'popularity'.")
-        if int(config["decode_batch_size"] or 8) < 1:
-            raise ValueError(f"decode_batch_size={config['decode_batch_size']} must be >= 1.")
-        if config["length_penalty"] is not None:
-            try:
-                float(config["length_penalty"])
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"length_penalty={config['length_penalty']!r} must be a number (d3: 0, constrained: 1)."
-                ) from None
-        if model.decoder == "bigrec":
-            if str(config["bigrec_rank"] or "bigrec") not in GROUNDING_RULES:
-                raise ValueError(
-                    f"bigrec_rank={config['bigrec_rank']!r}: choose one of {', '.join(GROUNDING_RULES)}."
-                )
-            return
-        gs = config["ensemble_weight"]
-        gs = 1.0 if gs is None else float(gs)
-        if not 0.0 <= gs <= 1.0:
-            raise ValueError(
-                f"ensemble_weight={gs} must be in [0, 1] (1 = the LLM alone, as without an ensemble)."
-            )
-        if gs < 1.0 and model._ensemble_model is None:
-            model.set_ensemble_model(
-                load_ensemble_model(config, model.n_items)
-            )  # missing / mismatched: raises
 
     # ----------------------------------------------------------------- optimisation
     def _build_optimizer(self, **kwargs):

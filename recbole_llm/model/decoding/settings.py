@@ -11,14 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from recbole_llm.model.grounding import GROUNDING_RULES
 from recbole_llm.utils.config_access import as_number, config_get
 
 # decoder name -> default length penalty. d3: D3's "no length normalisation" (D3 §3.2); constrained: the
 # beam search of BIGRec/CFT with HF's length normalisation; bigrec: free generation, then grounding.
 DECODERS: dict[str, float] = {"d3": 0.0, "constrained": 1.0, "bigrec": 0.0}
 TRIE_ITEMS = ("all", "train_targets")
+MISSING_ENSEMBLE_CHECKPOINT = (
+    "ensemble_weight < 1 needs ensemble_checkpoint: the .pth of a SASRec run on the same dataset "
+    "(python run_recbole_llm.py --model=SASRec --dataset=...; see results/<dataset>/SASRec-*.json)."
+)
 FILLS = ("none", "popularity")
-GROUNDING_RULES = ("bigrec", "cft")
 
 
 @dataclass(frozen=True)
@@ -95,10 +99,7 @@ class DecodingSettings:
                 "ensemble)."
             )
         if self.uses_ensemble and not self.ensemble_checkpoint:
-            raise ValueError(
-                "ensemble_weight < 1 needs ensemble_checkpoint: the .pth of a SASRec run on the same dataset "
-                "(python run_recbole_llm.py --model=SASRec --dataset=...; see results/<dataset>/SASRec-*.json)."
-            )
+            raise ValueError(MISSING_ENSEMBLE_CHECKPOINT)
 
     @property
     def uses_ensemble(self) -> bool:
