@@ -11,11 +11,6 @@ from __future__ import annotations
 import difflib
 import importlib
 
-import recbole.model.context_aware_recommender as recbole_context
-import recbole.model.general_recommender as recbole_general
-import recbole.model.knowledge_aware_recommender as recbole_knowledge
-import recbole.model.sequential_recommender as recbole_sequential
-
 PLUGIN_MODELS: dict[str, str] = {"LLMGenRec": "recbole_llm.model.llm_gen_rec"}
 
 
@@ -23,8 +18,14 @@ def _classes(module) -> list[str]:
     return [name for name in dir(module) if name[:1].isupper() and isinstance(getattr(module, name), type)]
 
 
+def _recbole(kind: str):
+    # RecBole's model zoo takes seconds to import; code that only needs DECODING_KEYS (reporting) skips it.
+    return importlib.import_module(f"recbole.model.{kind}")
+
+
 def known_models() -> list[str]:
     """Every model name ``--model`` accepts."""
+    recbole_sequential = _recbole("sequential_recommender")
     return sorted(PLUGIN_MODELS) + sorted(_classes(recbole_sequential))
 
 
@@ -32,9 +33,13 @@ def get_model(model_name: str) -> type:
     """The model class named ``model_name``: the plugin's first, then RecBole's sequential models."""
     if model_name in PLUGIN_MODELS:
         return getattr(importlib.import_module(PLUGIN_MODELS[model_name]), model_name)
+    recbole_sequential = _recbole("sequential_recommender")
     if model_name in _classes(recbole_sequential):
         return getattr(recbole_sequential, model_name)
-    others = (recbole_general, recbole_context, recbole_knowledge)
+    others = [
+        _recbole(kind)
+        for kind in ("general_recommender", "context_aware_recommender", "knowledge_aware_recommender")
+    ]
     if any(model_name in _classes(module) for module in others):
         raise ValueError(
             f"{model_name} is not a sequential model: recbole-llm compares sequential recommenders on one "
