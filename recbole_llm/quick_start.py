@@ -22,7 +22,7 @@ from recbole_llm.config import Config
 from recbole_llm.data.dataset import SharedSplitDataset
 from recbole_llm.ensemble import load_ensemble_model
 from recbole_llm.model import get_model
-from recbole_llm.model.decoding.settings import DECODING_KEYS
+from recbole_llm.model.decoding import DECODING_KEYS, scorer_keys
 from recbole_llm.trainer import get_trainer
 from recbole_llm.utils.checkpoint import safe_torch_load
 from recbole_llm.utils.io import read_json
@@ -278,7 +278,8 @@ def evaluate_run(
 
     The papers compare decoders on one trained model (D3 vs constrained beam search, IGD's α, the D3
     ensemble); retraining for each row would cost hours of LLM time. Settings given now override the
-    recorded ones, but only :data:`EVALUATION_KEYS` may differ: anything else would change the model.
+    recorded ones, but only :data:`EVALUATION_KEYS` and the keys of registered beam scorers
+    (:func:`scorer_keys`) may differ: anything else would change the model.
     The result is saved as a new results JSON (``evaluated_from`` names the run).
     """
     info, checkpoint = _find_run(path)
@@ -296,16 +297,17 @@ def evaluate_run(
         model=info["model"], dataset=info["dataset"], config_file_list=config_file_list, config_dict=overrides
     )
     recorded = info.get("config") or info.get("overrides") or {}
+    allowed = EVALUATION_KEYS | scorer_keys()
     changed = sorted(
         key
         for key in config.external_config_dict
-        if key not in EVALUATION_KEYS and key in recorded and jsonable(config[key]) != recorded[key]
+        if key not in allowed and key in recorded and jsonable(config[key]) != recorded[key]
     )
     if changed:
         raise ValueError(
             f"--evaluate only re-decodes a trained model, but {', '.join(changed)} would change the model "
             f"itself (trained with {', '.join(f'{k}={recorded[k]!r}' for k in changed)}): train a new run "
-            f"for that, or change only decoding keys ({', '.join(sorted(EVALUATION_KEYS - {'evaluate'}))})."
+            f"for that, or change only decoding keys ({', '.join(sorted(allowed - {'evaluate'}))})."
         )
     logger = _start_logging(config)
     start = time.time()

@@ -23,6 +23,7 @@ from recbole_llm.model.backbone import load_backbone
 from recbole_llm.model.decoding import (
     DecodingSettings,
     build_scorers,
+    configured_scorers,
     constrained_beam_search,
     fill_by_popularity,
     leaves_to_items,
@@ -54,6 +55,9 @@ class LLMGenRec(SequentialRecommender):
         self.config = config
         self.objective = build_objective(config)
         self.decoding = DecodingSettings.from_config(config, self.objective)  # validated once, here
+        self.extra_scorers = configured_scorers(
+            config
+        )  # beam scorers of your own that the config switches on
         self.llm, self.tokenizer = load_backbone(config)
         titles = dataset.item_titles(config["title_field"] or "title")
         self.prompts = PromptBuilder.from_config(config, self.tokenizer, titles, _category(config))
@@ -237,7 +241,7 @@ class LLMGenRec(SequentialRecommender):
                 batch_size=settings.decode_batch_size,
                 prompt_item_index=item_index,
                 embed_fn=self._embed if self.temporal is not None else None,
-                scorers=build_scorers(settings, ensemble),
+                scorers=build_scorers(settings, ensemble, self.extra_scorers),
             )
             ranked = leaves_to_items(self.trie, leaves, k)
         if settings.fill == "popularity":
@@ -255,6 +259,8 @@ class LLMGenRec(SequentialRecommender):
             temporal_embedding="none" if self.temporal is None else self.temporal.kind,
             **self.decoding.recorded(),
         )
+        for scorer in self.extra_scorers:
+            hp.update(scorer.recorded())
         return hp
 
     def _ensemble_probs(self, histories: list[list[int]]) -> torch.Tensor:

@@ -17,7 +17,9 @@ from recbole_llm.model.decoding.scorers import (
     build_scorers,
     calibrated_step_scores,
     compose_scorers,
+    configured_scorers,
     ensemble_step_scores,
+    scorer_keys,
 )
 from recbole_llm.model.decoding.search import constrained_beam_search
 from recbole_llm.model.decoding.settings import DECODING_KEYS, DecodingSettings
@@ -34,8 +36,10 @@ __all__ = [
     "build_scorers",
     "calibrated_step_scores",
     "compose_scorers",
+    "configured_scorers",
     "constrained_beam_search",
     "ensemble_step_scores",
     "fill_by_popularity",
     "leaves_to_items",
+    "scorer_keys",
 ]
