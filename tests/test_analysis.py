@@ -334,21 +334,12 @@ def _llm_config(root, model_dir, **extra):
     return config
 
 
-@pytest.fixture(scope="module")
-def llm_workspace(tmp_path_factory):
-    from recbole_llm.utils.testing import tiny_model_dir
-
-    root = tmp_path_factory.mktemp("llm_analysis")
-    write_prepared(root / "data")
-    return root, tiny_model_dir(root / "model")
-
-
-def test_ig_loss_hook_equals_hand_computation(llm_workspace, monkeypatch):
+def test_ig_loss_hook_equals_hand_computation(workspace, monkeypatch):
     """One training forward pass: group means = per-token CE grouped by an independent IG reference."""
     from recbole_llm.config import Config
     from recbole_llm.quick_start import load_run
 
-    root, model_dir = llm_workspace
+    root, model_dir = workspace
     monkeypatch.chdir(root)
     monkeypatch.setattr(sys, "argv", ["x"])
     config = Config(
@@ -386,11 +377,11 @@ def test_ig_loss_hook_equals_hand_computation(llm_workspace, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def finished_llm_run(llm_workspace):
+def finished_llm_run(workspace):
     """A 2-epoch IGD run and a SASRec run on the tiny fixture (cwd = workspace, so log_tensorboard/ lands there)."""
     from recbole_llm.quick_start import run_recbole_llm
 
-    root, model_dir = llm_workspace
+    root, model_dir = workspace
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setattr(sys, "argv", ["x"])
@@ -463,10 +454,10 @@ def test_training_writes_ig_loss_csv_and_tensorboard(finished_llm_run, monkeypat
     assert scalars["Valid/loss"][1][1] == pytest.approx(result["best_valid_result"]["loss"], abs=1e-5)
 
 
-def test_metric_validation_is_not_logged_as_test_and_ig_log_can_be_off(llm_workspace, monkeypatch):
+def test_metric_validation_is_not_logged_as_test_and_ig_log_can_be_off(workspace, monkeypatch):
     from recbole_llm.quick_start import run_recbole_llm
 
-    root, model_dir = llm_workspace
+    root, model_dir = workspace
     monkeypatch.chdir(root)
     monkeypatch.setattr(sys, "argv", ["x"])
     result = run_recbole_llm(

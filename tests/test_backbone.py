@@ -17,14 +17,9 @@ from recbole_llm.model.backbone import (
     materialize_smollm2,
     resolve_dtype,
 )
-from recbole_llm.utils.testing import tiny_model, tiny_model_dir, tiny_tokenizer
+from recbole_llm.utils.testing import tiny_model, tiny_tokenizer
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("models"), "llama", seed=0)
 
 
 def logits(model):
@@ -32,8 +27,8 @@ def logits(model):
         return model(IDS).logits
 
 
-def test_full_tuning_loads_the_folder(tiny_dir):
-    model, tok = load_backbone({"llm_path": str(tiny_dir)})
+def test_full_tuning_loads_the_folder(tiny_model_path):
+    model, tok = load_backbone({"llm_path": str(tiny_model_path)})
     reference = tiny_model(tiny_tokenizer(), "llama", seed=0)
     assert torch.equal(logits(model.eval()), logits(reference))
     assert all(p.requires_grad for p in model.parameters()) and model.dtype == torch.float32
@@ -42,8 +37,8 @@ def test_full_tuning_loads_the_folder(tiny_dir):
     assert len(tok) == model.config.vocab_size
 
 
-def test_lora_tuning(tiny_dir):
-    model, _ = load_backbone({"llm_path": str(tiny_dir), "tuning": "lora", "lora_r": 4})
+def test_lora_tuning(tiny_model_path):
+    model, _ = load_backbone({"llm_path": str(tiny_model_path), "tuning": "lora", "lora_r": 4})
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     # 2 layers x [q_proj: A 4x32 + B 32x4, v_proj: A 4x32 + B 16x4 (2 kv heads x head_dim 8)].
     assert len(trainable) == 8 and all(".lora_" in n for n in trainable)
@@ -53,18 +48,20 @@ def test_lora_tuning(tiny_dir):
     assert q.lora_dropout["default"].p == 0.05 and q.scaling["default"] == 16 / 4
     # LoRA B starts at zero: the wrapped model computes exactly the base model.
     assert torch.equal(logits(model.eval()), logits(tiny_model(tiny_tokenizer(), "llama", seed=0)))
-    explicit, _ = load_backbone({"llm_path": str(tiny_dir), "tuning": "lora", "dropout": 0.1})
+    explicit, _ = load_backbone({"llm_path": str(tiny_model_path), "tuning": "lora", "dropout": 0.1})
     assert explicit.base_model.model.config.attention_dropout == 0.1
 
 
-def test_dtype_and_gradient_checkpointing(tiny_dir):
-    model, _ = load_backbone({"llm_path": str(tiny_dir), "llm_dtype": "bfloat16"})
+def test_dtype_and_gradient_checkpointing(tiny_model_path):
+    model, _ = load_backbone({"llm_path": str(tiny_model_path), "llm_dtype": "bfloat16"})
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert resolve_dtype(None) == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     assert resolve_dtype("auto") == "auto" and resolve_dtype("fp32") == torch.float32
     with pytest.raises(ValueError, match="llm_dtype='int4'"):
         resolve_dtype("int4")
-    model, _ = load_backbone({"llm_path": str(tiny_dir), "tuning": "lora", "gradient_checkpointing": True})
+    model, _ = load_backbone(
+        {"llm_path": str(tiny_model_path), "tuning": "lora", "gradient_checkpointing": True}
+    )
     assert model.base_model.model.is_activation_checkpointing and not model.config.use_cache
     model.train()
     model(IDS, labels=IDS).loss.backward()  # works with frozen embeddings (input grads enabled)
@@ -72,7 +69,7 @@ def test_dtype_and_gradient_checkpointing(tiny_dir):
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_trust_remote_code_is_passed_through_and_off_by_default(tiny_dir, monkeypatch):
+def test_trust_remote_code_is_passed_through_and_off_by_default(tiny_model_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     seen = []
@@ -83,8 +80,8 @@ def test_trust_remote_code_is_passed_through_and_off_by_default(tiny_dir, monkey
         return original(cls, *args, **kwargs)
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
-    load_backbone({"llm_path": str(tiny_dir)})
-    load_backbone({"llm_path": str(tiny_dir), "trust_remote_code": True})
+    load_backbone({"llm_path": str(tiny_model_path)})
+    load_backbone({"llm_path": str(tiny_model_path), "trust_remote_code": True})
     assert seen == [(False, True), (True, True)]
 
 
@@ -109,14 +106,14 @@ class RecBoleLikeConfig(dict):
         return super().get(key)
 
 
-def test_recbole_like_config(tiny_dir):
+def test_recbole_like_config(tiny_model_path):
     model, _ = load_backbone(
-        RecBoleLikeConfig(llm_path=str(tiny_dir), tuning="lora", llm_dtype=None, dropout=None)
+        RecBoleLikeConfig(llm_path=str(tiny_model_path), tuning="lora", llm_dtype=None, dropout=None)
     )
     assert model.base_model.model.config.attention_dropout == 0.0
 
 
-def test_errors_say_what_to_do(tiny_dir, tmp_path, monkeypatch):
+def test_errors_say_what_to_do(tiny_model_path, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"does not exist\. Valid llm_path values: 'smollm2'"):
         load_backbone({"llm_path": str(tmp_path / "no" / "such" / "model")})
     with pytest.raises(FileNotFoundError, match="has no config.json"):
@@ -125,11 +122,11 @@ def test_errors_say_what_to_do(tiny_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="is a file"):
         load_backbone({"llm_path": str(tmp_path / "model.gguf")})
     with pytest.raises(ValueError, match="tuning='qlora'"):
-        load_backbone({"llm_path": str(tiny_dir), "tuning": "qlora"})
+        load_backbone({"llm_path": str(tiny_model_path), "tuning": "qlora"})
     with pytest.raises(ValueError, match=r"lora_target_modules=\['c_attn'\].*choose from .*q_proj"):
-        load_backbone({"llm_path": str(tiny_dir), "tuning": "lora", "lora_target_modules": ["c_attn"]})
+        load_backbone({"llm_path": str(tiny_model_path), "tuning": "lora", "lora_target_modules": ["c_attn"]})
     with pytest.raises(ValueError, match="dropout=1.5"):
-        load_backbone({"llm_path": str(tiny_dir), "dropout": 1.5})
+        load_backbone({"llm_path": str(tiny_model_path), "dropout": 1.5})
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -11,19 +11,17 @@ from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from benchmarks.hf_reference import generate_reference
-from recbole_llm.model.decoding import (
+from recbole_llm.model.decoding import DecodingSettings, constrained_beam_search, kv_cache, leaves_to_items
+from recbole_llm.model.decoding.scorers import (
     BeamScorer,
     BeamStep,
     D3Ensemble,
-    DecodingSettings,
     IGCalibration,
     LengthPenalty,
     build_scorers,
     calibrated_step_scores,
     compose_scorers,
-    constrained_beam_search,
     ensemble_step_scores,
-    leaves_to_items,
 )
 from recbole_llm.model.trie import TitleTrie
 
@@ -515,8 +513,6 @@ def test_kv_sharing_and_prefix_sharing_do_not_change_results(model_name):
 
 def test_shared_prefix_runs_once_and_prompt_kv_is_stored_once_per_user(monkeypatch):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    from recbole_llm.model.decoding import kv_cache
 
     calls, seen = [], []
 

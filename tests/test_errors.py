@@ -21,15 +21,10 @@ from recbole_llm.data.prepare import ProtocolParams, run_protocol
 from recbole_llm.data.protocol import build_samples, clean_title
 from recbole_llm.model.prompt import PromptBuilder
 from recbole_llm.quick_start import load_run, load_trained
-from recbole_llm.utils.testing import tiny_config, tiny_model_dir, tiny_tokenizer
+from recbole_llm.utils.testing import tiny_config, tiny_tokenizer
 from tests.fixtures import TITLES, write_prepared
 
 HEADER = "item_id:token\ttitle:token\n"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("errors-model"))
 
 
 @pytest.fixture
@@ -43,11 +38,11 @@ def _argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["run_recbole_llm.py"])
 
 
-def build(data: Path, model_dir: Path, **overrides):
+def build(data: Path, tiny_model_path: Path, **overrides):
     """Dataset, dataloaders, model and trainer exactly as a run builds them (no training)."""
     config = {
         "data_path": str(data.parent),
-        "llm_path": str(model_dir),
+        "llm_path": str(tiny_model_path),
         "checkpoint_dir": str(data.parent.parent / "saved"),
         "train_batch_size": 8,
         "micro_batch_size": 4,
@@ -68,14 +63,14 @@ def write_items(data: Path, titles: dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- titles
-def test_missing_title_field(data, model_dir):
+def test_missing_title_field(data, tiny_model_path):
     (data / "tiny.item").write_text("item_id:token\tname:token\n" + "".join(f"{i}\tx\n" for i in TITLES))
     with pytest.raises(ValueError, match=r"no item field `title`.*prepare tiny.*or set `title_field`"):
-        build(data, model_dir)
+        build(data, tiny_model_path)
 
 
 @pytest.mark.parametrize("case", ["empty title", "item without a row"])
-def test_items_without_a_title(data, model_dir, case):
+def test_items_without_a_title(data, tiny_model_path, case):
     titles = dict(TITLES)
     if case == "empty title":
         titles["i7"] = ""
@@ -85,23 +80,23 @@ def test_items_without_a_title(data, model_dir, case):
     with pytest.raises(
         ValueError, match=r"1 of 12 items of tiny have no `title` .*\(e\.g\. i7\).*add the missing"
     ):
-        build(data, model_dir)
+        build(data, tiny_model_path)
 
 
-def test_empty_catalogue(data, model_dir):
+def test_empty_catalogue(data, tiny_model_path):
     (data / "tiny.item").write_text(HEADER)
     with pytest.raises(
         ValueError, match=r"tiny\.item holds no rows.*item catalogue of tiny is empty.*prepare"
     ):
-        build(data, model_dir)
+        build(data, tiny_model_path)
 
 
 @pytest.mark.parametrize("split", ["train", "valid", "test"])
-def test_empty_split(data, model_dir, split):
+def test_empty_split(data, tiny_model_path, split):
     path = data / f"tiny.{split}.inter"
     path.write_text(path.read_text().splitlines(keepends=True)[0])
     with pytest.raises(ValueError, match=rf"holds no rows.*the {split} split of tiny is empty.*--kcore"):
-        build(data, model_dir)
+        build(data, tiny_model_path)
 
 
 ODD = {
@@ -113,9 +108,9 @@ ODD = {
 }
 
 
-def test_titles_with_quotes_non_ascii_and_special_tokens_round_trip(data, model_dir):
+def test_titles_with_quotes_non_ascii_and_special_tokens_round_trip(data, tiny_model_path):
     write_items(data, {**TITLES, **ODD})
-    dataset, _, model, _ = build(data, model_dir)
+    dataset, _, model, _ = build(data, tiny_model_path)
     tok, prompts = model.tokenizer, model.prompts
     item_id = {raw: int(dataset.token2id("item_id", raw)) for raw in ODD}
     for raw, title in ODD.items():
@@ -143,8 +138,8 @@ def test_tabs_and_newlines_are_normalised_or_kept_consistently():
     assert '"Tab\tbed", "Multi\nline\ntitle"' in tok.decode(builder.prompt_ids([1, 2]))
 
 
-def test_duplicate_titles_make_every_id_a_candidate(data, model_dir):
-    dataset, _, model, _ = build(data, model_dir, num_beams=12)
+def test_duplicate_titles_make_every_id_a_candidate(data, tiny_model_path):
+    dataset, _, model, _ = build(data, tiny_model_path, num_beams=12)
     heat = [int(dataset.token2id("item_id", raw)) for raw in ("i3", "i6")]  # both "Heat (1995)"
     assert model.trie.leaf_of_item(heat[0]) == model.trie.leaf_of_item(heat[1])
     ranked = model.recommend_histories([[1, 2], [4]], 12).tolist()
@@ -172,17 +167,17 @@ def test_users_with_one_interaction_are_dropped():
         run_protocol(raw, ProtocolParams(kcore=1))
 
 
-def test_sample_with_an_empty_history(data, model_dir):
+def test_sample_with_an_empty_history(data, tiny_model_path):
     path = data / "tiny.train.inter"
     lines = path.read_text().splitlines(keepends=True)
     user, _, target, ts = lines[1].rstrip("\n").split("\t")
     path.write_text("".join([lines[0], f"{user}\t\t{target}\t{ts}\n", *lines[2:]]))
     with pytest.raises(ValueError, match=r"empty history: prepare it with --min-history 1"):
-        build(data, model_dir)
+        build(data, tiny_model_path)
 
 
-def test_long_prompts_drop_the_oldest_history_items_never_the_target(data, model_dir):
-    dataset, (train, _, _), model, _ = build(data, model_dir, max_length=200)
+def test_long_prompts_drop_the_oldest_history_items_never_the_target(data, tiny_model_path):
+    dataset, (train, _, _), model, _ = build(data, tiny_model_path, max_length=200)
     prompts, tok = model.prompts, model.tokenizer
     inter = train.dataset.inter_feat
     histories, targets = model.histories(inter), inter["item_id"].tolist()
@@ -212,14 +207,14 @@ def test_max_length_above_the_model_context_is_capped(data, tmp_path, caplog):
     assert lengths.max() <= 200
 
 
-def test_max_length_too_small(data, model_dir):
+def test_max_length_too_small(data, tiny_model_path):
     # No prompt fits at all: the model cannot be built.
     with pytest.raises(
         ValueError, match=r"max_length=40 is too small: the fixed prompt alone takes \d+ tokens"
     ):
-        build(data, model_dir, max_length=40)
+        build(data, tiny_model_path, max_length=40)
     # Some samples' last item + target do not fit: fit() says so before the first step.
-    _, (train, valid, _), model, trainer = build(data, model_dir, max_length=165)
+    _, (train, valid, _), model, trainer = build(data, tiny_model_path, max_length=165)
     with pytest.raises(ValueError, match=r"max_length=165 is too small.*target item.*raise max_length"):
         trainer.fit(train, valid, saved=True)
     assert trainer.global_step == 0 and not (trainer.run_dir / "last").exists()
@@ -249,14 +244,14 @@ def test_max_length_too_small(data, model_dir):
         ),
     ],
 )
-def test_config_mistakes_fail_when_the_run_is_built(data, model_dir, overrides, message):
+def test_config_mistakes_fail_when_the_run_is_built(data, tiny_model_path, overrides, message):
     """Raised by load_run (model + trainer construction): before any training step."""
     with (
         pytest.raises(ValueError, match=message)
         if "does not exist" not in message
         else pytest.raises(FileNotFoundError, match=message)
     ):
-        build(data, model_dir, **overrides)
+        build(data, tiny_model_path, **overrides)
 
 
 def test_model_folder_that_does_not_exist(data, tmp_path):
@@ -267,9 +262,9 @@ def test_model_folder_that_does_not_exist(data, tmp_path):
         build(data, tmp_path / "empty")
 
 
-def test_tokenizer_without_pad_token_falls_back_to_eos(data, tmp_path, model_dir, caplog):
+def test_tokenizer_without_pad_token_falls_back_to_eos(data, tmp_path, tiny_model_path, caplog):
     folder = tmp_path / "no-pad"
-    shutil.copytree(model_dir, folder)
+    shutil.copytree(tiny_model_path, folder)
     settings = json.loads((folder / "tokenizer_config.json").read_text())
     settings.pop("pad_token", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(settings))
@@ -286,13 +281,13 @@ def test_tokenizer_without_pad_token_falls_back_to_eos(data, tmp_path, model_dir
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def test_corrupt_and_mismatched_checkpoints(data, model_dir, tmp_path, monkeypatch):
-    _, _, model, _ = build(data, model_dir)
+def test_corrupt_and_mismatched_checkpoints(data, tiny_model_path, tmp_path, monkeypatch):
+    _, _, model, _ = build(data, tiny_model_path)
     run = tmp_path / "run"
     model.save_checkpoint(run / "best")
     overrides = {
         "data_path": str(data.parent),
-        "llm_path": str(model_dir),
+        "llm_path": str(tiny_model_path),
         "state": "ERROR",
         "eval_sample_num": 4,
         "mixed_precision": "no",

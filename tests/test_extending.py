@@ -20,8 +20,6 @@ from recbole_llm.model.decoding.scorers import SCORERS, scorer_keys
 from recbole_llm.model.llm_gen_rec import LLMGenRec
 from recbole_llm.model.objectives import NORMAL, OBJECTIVES, build_objective, weighted_total
 from recbole_llm.quick_start import EVALUATION_KEYS, create_dataset
-from recbole_llm.utils.testing import tiny_model_dir
-from tests.fixtures import write_prepared
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -48,13 +46,6 @@ def scorer_example():
     namespace = readme_example("# recbole_llm/model/decoding/scorers/ban_first_token.py")
     yield namespace["BanFirstToken"]
     del SCORERS["ban_first_token"]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("extending")
-    write_prepared(root / "data")
-    return root, tiny_model_dir(root / "model")
 
 
 def _model(workspace, monkeypatch, **keys) -> tuple[LLMGenRec, object]:

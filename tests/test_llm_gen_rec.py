@@ -10,15 +10,7 @@ import torch
 
 from recbole_llm.quick_start import load_trained, run_recbole_llm
 from recbole_llm.recommend import Recommender
-from recbole_llm.utils.testing import tiny_model_dir
-from tests.fixtures import TITLES, write_prepared
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llm")
-    write_prepared(root / "data")
-    return root, tiny_model_dir(root / "model")
+from tests.fixtures import TITLES
 
 
 def _run(workspace, monkeypatch, **overrides):

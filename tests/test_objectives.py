@@ -32,7 +32,6 @@ from recbole_llm.model.objectives import (
     weighted_total,
 )
 from recbole_llm.quick_start import create_dataset
-from recbole_llm.utils.testing import tiny_model_dir
 from tests.fixtures import write_prepared
 
 
@@ -408,7 +407,9 @@ def first_token_objective():
     del OBJECTIVES[FirstTokenObjective.name]  # leave the registry as the package defines it
 
 
-def test_a_new_objective_registers_builds_and_trains(first_token_objective, tmp_path, monkeypatch):
+def test_a_new_objective_registers_builds_and_trains(
+    first_token_objective, tmp_path, monkeypatch, tiny_model_path
+):
     assert list(OBJECTIVES) == ["sft", "pos", "cft", "cetrec", "igd", "first_token"]
     with pytest.raises(ValueError, match="choose one of sft, pos, cft, cetrec, igd, first_token"):
         build_objective({"objective": "dpo"})
@@ -425,7 +426,7 @@ def test_a_new_objective_registers_builds_and_trains(first_token_objective, tmp_
         dataset="tiny",
         config_dict={
             "data_path": str(tmp_path / "data"),
-            "llm_path": str(tiny_model_dir(tmp_path / "model")),
+            "llm_path": str(tiny_model_path),
             "objective": "first_token",
             "train_sample_num": None,
             "dropout": 0.0,

@@ -19,8 +19,6 @@ from safetensors.torch import load_file
 from recbole_llm.quick_start import load_trained, run_recbole_llm
 from recbole_llm.trainer import LLMTrainer, TrainingStopped
 from recbole_llm.utils.checkpoint import load_training_state
-from recbole_llm.utils.testing import tiny_model_dir
-from tests.fixtures import write_prepared
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,13 +82,6 @@ elif mode == "write":
 sys.argv = ["run_recbole_llm.py", *sys.argv[1:]]
 runpy.run_path(os.path.join(os.environ["REPO"], "run_recbole_llm.py"), run_name="__main__")
 """
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliability")
-    write_prepared(root / "data")
-    return root, tiny_model_dir(root / "model")
 
 
 def _config(workspace, name: str, **extra) -> dict:

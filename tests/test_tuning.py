@@ -174,11 +174,9 @@ def test_every_llm_hyper_file_parses_and_names_known_keys():
             assert name in config, f"{path}: {name} is not a {model} setting"
 
 
-def test_end_to_end_grid_on_llmgenrec_selects_the_lowest_loss(tmp_path, monkeypatch):
-    from recbole_llm.utils.testing import tiny_model_dir
-
+def test_end_to_end_grid_on_llmgenrec_selects_the_lowest_loss(tmp_path, monkeypatch, tiny_model_path):
     write_prepared(tmp_path)
-    model_dir = tiny_model_dir(tmp_path / "model")
+    model_dir = tiny_model_path
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["run_hyper.py"])
     params = _params(tmp_path, "lambda choice [0.0, 0.5]\n")

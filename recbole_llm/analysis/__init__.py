@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -155,8 +155,34 @@ def default_output(trained) -> Path:
     return Path(trained.config["results_dir"] or "results") / trained.config["dataset"] / "analysis"
 
 
+def analyse_runs(
+    paths: Sequence[str | Path],
+    overrides: dict[str, Any] | None,
+    output: str | Path | None,
+    k: int | None,
+    analyse: Callable[[Run, int, int], Any],
+) -> tuple[list[Any], Path]:
+    """``analyse(run, k, seed)`` for every run, one run in memory at a time; returns the results and the
+    (created) output folder: ``output``, else the first run's :func:`default_output`.
+
+    ``k`` defaults to each run's largest ``topk``; ``seed`` is the run's own, so analyses sample alike.
+    """
+    results: list[Any] = []
+    out = Path(output) if output else None
+    for run in load_runs(paths, overrides):
+        config = run.trained.config
+        results.append(analyse(run, k or max(config["topk"]), int(config["seed"])))
+        out = out or default_output(run.trained)
+        del run  # free this model before the next one is loaded
+    if out is None:
+        raise ValueError("no run to analyse: pass at least one results JSON or run folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    return results, out
+
+
 __all__ = [
     "Run",
+    "analyse_runs",
     "batch_size_for",
     "decoding_precision",
     "default_output",

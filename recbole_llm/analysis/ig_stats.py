@@ -26,11 +26,10 @@ import torch
 
 from recbole_llm.analysis import (
     Run,
+    analyse_runs,
     batch_size_for,
-    default_output,
     is_generative,
     iter_batches,
-    load_runs,
     model_device,
     rank_items,
     read_run_info,
@@ -210,17 +209,11 @@ def run_ig_stats(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``ig_zero_share.csv``, ``ig_entropy_steps.csv`` and ``ig_entropy_steps.png``."""
-    zero_rows: list[dict] = []
-    step_rows: list[dict] = []
-    out = Path(output) if output else None
-    for run in load_runs(paths, overrides):
-        k_used = k or max(run.trained.config["topk"])
-        z, s = analyse_run(run, k_used, max_users, int(run.trained.config["seed"]))
-        zero_rows += z
-        step_rows += s
-        out = out or default_output(run.trained)
-        del run
-    out.mkdir(parents=True, exist_ok=True)
+    per_run, out = analyse_runs(
+        paths, overrides, output, k, lambda run, k_used, seed: analyse_run(run, k_used, max_users, seed)
+    )
+    zero_rows = [row for zero, _ in per_run for row in zero]
+    step_rows = [row for _, steps in per_run for row in steps]
     files = {"zero_csv": out / "ig_zero_share.csv", "steps_csv": out / "ig_entropy_steps.csv"}
     zero = pd.DataFrame(zero_rows)
     zero.to_csv(files["zero_csv"], index=False)

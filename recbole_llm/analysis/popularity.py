@@ -20,11 +20,10 @@ import torch
 
 from recbole_llm.analysis import (
     Run,
+    analyse_runs,
     batch_size_for,
-    default_output,
     is_generative,
     iter_batches,
-    load_runs,
     model_device,
     rank_items,
     select_rows,
@@ -193,19 +192,16 @@ def run_popularity(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``popularity_groups.csv`` (shares), ``popularity_group_items.csv`` (group contents) and the PNG."""
-    frames, summaries = [], []
-    out = Path(output) if output else None
-    k_used = k
-    for run in load_runs(paths, overrides):
-        k_used = k or max(run.trained.config["topk"])
-        frame, summary = analyse_run(
-            run, k_used, n_groups, grouping, max_users, int(run.trained.config["seed"])
-        )
-        frames.append(frame)
-        summaries.append(summary)
-        out = out or default_output(run.trained)
-        del run
-    out.mkdir(parents=True, exist_ok=True)
+    used_k: list[int] = []
+
+    def analyse(run: Run, k_used: int, seed: int):
+        used_k.append(k_used)
+        return analyse_run(run, k_used, n_groups, grouping, max_users, seed)
+
+    per_run, out = analyse_runs(paths, overrides, output, k, analyse)
+    frames = [frame for frame, _ in per_run]
+    summaries = [summary for _, summary in per_run]
+    k_used = used_k[-1]
     shares = pd.concat(frames, ignore_index=True)
     files = {
         "csv": out / "popularity_groups.csv",

@@ -19,11 +19,10 @@ import torch
 
 from recbole_llm.analysis import (
     Run,
+    analyse_runs,
     batch_size_for,
-    default_output,
     evaluate_ranked,
     iter_batches,
-    load_runs,
     model_device,
     rank_items,
     select_rows,
@@ -140,15 +139,10 @@ def run_temporal(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``temporal.csv`` and ``temporal.png`` for each run in ``paths``."""
-    rows: list[dict[str, Any]] = []
-    out = Path(output) if output else None
-    for run in load_runs(paths, overrides):
-        k_used = k or max(run.trained.config["topk"])
-        rows += analyse_run(run, k_used, max_users, int(run.trained.config["seed"]))
-        out = out or default_output(run.trained)
-        del run
-    out.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(rows)
+    per_run, out = analyse_runs(
+        paths, overrides, output, k, lambda run, k_used, seed: analyse_run(run, k_used, max_users, seed)
+    )
+    frame = pd.DataFrame([row for rows in per_run for row in rows])
     files = {"csv": out / "temporal.csv"}
     frame.to_csv(files["csv"], index=False)
     files["png"] = plot_temporal(frame, out / "temporal.png")
