@@ -32,6 +32,7 @@ from recbole_llm.data.protocol import (
     to_timestamp,
     window_and_kcore,
 )
+from recbole_llm.utils.io import atomic_write, write_json_atomic
 
 FORMAT_VERSION = 1
 DEFAULT_DATA_PATH = "dataset"
@@ -363,7 +364,7 @@ def _timestamps_for_writing(ts: pd.Series) -> pd.Series:
 
 
 def write_tsv_atomic(frame: pd.DataFrame, header: tuple[str, ...], path: Path) -> None:
-    """Write a RecBole atomic file through a temporary file and ``os.replace``.
+    """Write a RecBole atomic file atomically (:func:`recbole_llm.utils.io.atomic_write`).
 
     ``QUOTE_MINIMAL`` quotes only fields holding a quote (doubling it), which is exactly what RecBole's
     ``pd.read_csv(engine="python")`` with default quoting reads back: a title starting with ``"`` survives.
@@ -372,21 +373,12 @@ def write_tsv_atomic(frame: pd.DataFrame, header: tuple[str, ...], path: Path) -
     out.columns = list(header)
     if "timestamp:float" in out:
         out["timestamp:float"] = _timestamps_for_writing(out["timestamp:float"])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        out.to_csv(
+    atomic_write(
+        path,
+        lambda tmp: out.to_csv(
             tmp, sep="\t", index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n", encoding="utf-8"
-        )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+        ),
+    )
 
 
 def write_dataset(prepared: Prepared, name: str, data_path: str | os.PathLike, metadata: dict) -> Path:
@@ -398,7 +390,7 @@ def write_dataset(prepared: Prepared, name: str, data_path: str | os.PathLike, m
     write_tsv_atomic(prepared.inter[["user_id", "item_id", "timestamp"]], INTER_HEADER, files["inter"])
     for split in SPLITS:
         write_tsv_atomic(prepared.splits[split], SAMPLE_HEADER, files[split])
-    _write_json_atomic(metadata, files["json"])
+    write_json_atomic(files["json"], metadata)
     return files["json"].parent
 
 

@@ -7,13 +7,12 @@ Checkpoints here hold only tensors and plain numbers.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_llm.utils.checkpoint import safe_torch_load
+from recbole_llm.utils.io import atomic_write
 from recbole_llm.utils.results import jsonable
 
 
@@ -34,9 +33,7 @@ class SafeTrainer(Trainer):
             # Plain JSON values (weights_only-safe): what rebuilds this architecture elsewhere (D3 ensemble).
             "config_overrides": {k: jsonable(v) for k, v in self.config.external_config_dict.items()},
         }
-        tmp = f"{saved_model_file}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, saved_model_file)
+        atomic_write(saved_model_file, lambda tmp: torch.save(state, tmp))
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 

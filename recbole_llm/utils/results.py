@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from recbole_llm.utils.io import write_json_atomic
 
 # Config keys that describe the machine or RecBole internals rather than the experiment.
 _SKIP_KEYS = {
@@ -102,7 +103,5 @@ def save_results(config, result: Mapping[str, Any]) -> Path:
         "config": config_snapshot(config),
         "overrides": {k: jsonable(v) for k, v in config.external_config_dict.items() if k not in _SKIP_KEYS},
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+    write_json_atomic(path, payload, ensure_ascii=True)
     return path
