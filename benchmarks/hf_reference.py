@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessorList
 
-from recbole_llm.model.decoding.search import _model_device, _validate
+from recbole_llm.model.decoding.search import validate_search, weights_device
 from recbole_llm.model.trie import TitleTrie
 
 __all__ = ["generate_reference"]
@@ -62,13 +62,13 @@ def generate_reference(
     Returns ``(leaf_ids, scores)`` like :func:`constrained_beam_search`; HF's filler hypotheses (score
     <= -1e8, used when fewer than ``num_beams`` titles can be finished) are reported as ``-1``.
     """
-    _validate(prompts, trie, num_beams, early_stopping)
+    validate_search(prompts, trie, num_beams, early_stopping)
     if num_beams < 2:
         raise ValueError(
             "generate_reference needs num_beams >= 2 (transformers runs greedy search for 1 beam)."
         )
     cpu = trie.to("cpu")
-    device = _model_device(model)
+    device = weights_device(model)
     eos = trie.eos_token_id
     allowed: dict[tuple[int, ...], list[int]] = {}
     for leaf in range(cpu.num_leaves):

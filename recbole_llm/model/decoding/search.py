@@ -43,7 +43,8 @@ from recbole_llm.model.decoding.scorers import BeamScorer, BeamStep, EnsembleSou
 from recbole_llm.model.trie import TitleTrie
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def weights_device(model: torch.nn.Module) -> torch.device:
+    """Where the LM's weights are: every tensor of the search is built there."""
     return next(model.parameters()).device
 
 
@@ -60,7 +61,10 @@ def _left_pad(
     return ids.to(device), mask.to(device)
 
 
-def _validate(prompts, trie, num_beams, early_stopping) -> None:
+def validate_search(
+    prompts: Sequence[Sequence[int]], trie: TitleTrie, num_beams: int, early_stopping: bool | str
+) -> None:
+    """The search's input rules (shared with the HF reference in ``benchmarks/``), with the fix in each message."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}.")
     if any(len(p) == 0 for p in prompts):
@@ -118,7 +122,7 @@ def constrained_beam_search(
             "pass the changes to beam scores either as scorers=[...] or as length_penalty / ig_alpha / "
             "ensemble / ensemble_weight, not both."
         )
-    _validate(prompts, trie, num_beams, early_stopping)
+    validate_search(prompts, trie, num_beams, early_stopping)
     if kv_cache not in ("auto", "shared", "dynamic"):
         raise ValueError(f"kv_cache must be 'auto', 'shared' or 'dynamic', got {kv_cache!r}.")
     full_attention = _supports_shared_prompt(model)
@@ -129,7 +133,7 @@ def constrained_beam_search(
         )
     if prompt_item_index is not None and len(prompt_item_index) != len(prompts):
         raise ValueError("prompt_item_index needs one list per prompt (aligned with its tokens).")
-    device = _model_device(model)
+    device = weights_device(model)
     t = trie.to(device)
     max_new = int(max_new_tokens or trie.max_depth)
     pad = trie.eos_token_id if pad_token_id is None else int(pad_token_id)
