@@ -88,6 +88,11 @@ class DecodingSettings:
         if self.decode_batch_size < 1:
             raise ValueError(f"decode_batch_size={self.decode_batch_size} must be >= 1.")
         if self.decoder == "bigrec":
+            if self.bigrec_generations < 1:
+                raise ValueError(
+                    f"bigrec_generations={self.bigrec_generations} must be >= 1: the beams of free generation "
+                    "that BIGRec grounds to items (default 10)."
+                )
             if self.bigrec_rank not in GROUNDING_RULES:
                 raise ValueError(
                     f"bigrec_rank={self.bigrec_rank!r}: choose one of {', '.join(GROUNDING_RULES)}."
