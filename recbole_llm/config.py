@@ -7,16 +7,15 @@ recbole's own defaults < ``properties/overall.yaml`` < ``properties/model/<Model
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_llm.model import get_model
+from recbole_llm.utils.config_access import parse_value
 
 PROPERTIES_DIR = Path(
     os.environ.get("RECBOLE_LLM_PROPERTIES", Path(__file__).resolve().parent.parent / "properties")
@@ -39,24 +38,6 @@ _SafeFloatLoader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
-
-
-def parse_value(text: str) -> Any:
-    """Turn a ``--key=value`` string into a Python value without ``eval`` (RecBole uses ``eval``)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        lowered = text.strip().lower()
-        if lowered in {"true", "false"}:
-            return lowered == "true"
-        if lowered in {"none", "null", "~"}:
-            return None
-        stripped = text.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            stripped = stripped[1:-1]
-        elif "," not in stripped:
-            return text
-        return [parse_value(part.strip()) for part in stripped.split(",") if part.strip()]
 
 
 class Config(RecBoleConfig):

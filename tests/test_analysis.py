@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recbole_llm.analysis import Run, rank_items
+from recbole_llm.analysis.common import Run, rank_items
 from recbole_llm.analysis.ig_stats import (
     entropy_by_step,
     item_path_entropies,

@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from benchmarks.hf_reference import generate_reference
 from recbole_llm.model.decoding import DecodingSettings, constrained_beam_search, kv_cache, leaves_to_items
+from recbole_llm.model.decoding.items import fill_by_popularity
 from recbole_llm.model.decoding.scorers import (
     BeamScorer,
     BeamStep,
@@ -574,3 +575,9 @@ def test_random_catalogues_equal_generate(case, batch_size, header):
         LLAMA, prompts, trie, num_beams=k, length_penalty=lp, batch_size=batch_size
     )
     assert_same_ranking(fast[0], fast[1], *ref)
+
+
+def test_fill_by_popularity_is_deterministic_and_skips_present_items():
+    order = torch.tensor([4, 2, 9, 1])  # most popular first
+    ranked = torch.tensor([[2, -1, -1], [7, 8, 1], [-1, -1, -1]])
+    assert fill_by_popularity(ranked, order).tolist() == [[2, 4, 9], [7, 8, 1], [4, 2, 9]]

@@ -8,7 +8,6 @@ import torch
 from recbole.evaluator import Collector, Evaluator
 
 from recbole_llm.config import Config
-from recbole_llm.model.llm_gen_rec import fill_by_popularity
 from recbole_llm.trainer.evaluation import evaluate_ranked, ranked_to_topk
 
 
@@ -44,12 +43,6 @@ def test_evaluate_ranked_uses_recbole_metrics_by_hand():
 
 
 def test_analyses_score_with_the_trainers_functions():
-    import recbole_llm.analysis as analysis
+    import recbole_llm.analysis.common as common
 
-    assert analysis.ranked_to_topk is ranked_to_topk and analysis.evaluate_ranked is evaluate_ranked
-
-
-def test_fill_by_popularity_is_deterministic_and_skips_present_items():
-    order = torch.tensor([4, 2, 9, 1])  # most popular first
-    ranked = torch.tensor([[2, -1, -1], [7, 8, 1], [-1, -1, -1]])
-    assert fill_by_popularity(ranked, order).tolist() == [[2, 4, 9], [7, 8, 1], [4, 2, 9]]
+    assert common.evaluate_ranked is evaluate_ranked  # one scoring for runs and analyses

@@ -14,15 +14,30 @@ Outputs go to --output, by default <results_dir>/<dataset>/analysis/.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from recbole_llm.analysis.ig_stats import run_ig_loss, run_ig_stats, run_zero_ig
-from recbole_llm.analysis.popularity import run_popularity
-from recbole_llm.analysis.temporal import run_temporal
-from recbole_llm.config import parse_value
-from recbole_llm.reporting.compare import run_compare
 from recbole_llm.reporting.labels import DEFAULT_METRICS
+from recbole_llm.utils.config_access import parse_value
+
+# command -> the function that runs it, loaded when the command runs (as get_model loads a model): the
+# model analyses import the whole training stack (seconds), which ``compare`` never needs.
+COMMANDS: dict[str, str] = {
+    "compare": "recbole_llm.reporting.compare:run_compare",
+    "popularity": "recbole_llm.analysis.popularity:run_popularity",
+    "temporal": "recbole_llm.analysis.temporal:run_temporal",
+    "ig-stats": "recbole_llm.analysis.ig_stats:run_ig_stats",
+    "zero-ig": "recbole_llm.analysis.ig_stats:run_zero_ig",
+    "ig-loss": "recbole_llm.analysis.ig_stats:run_ig_loss",
+}
+
+
+def command(name: str) -> Callable[..., dict[str, Any]]:
+    """The function behind a subcommand (see :data:`COMMANDS`)."""
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -98,21 +113,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     # RecBole's Config reads --key=value from sys.argv: keep our options out of the reloaded configs.
     sys.argv = sys.argv[:1]
+    run = command(args.command)
     if args.command == "compare":
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        files = run_compare(args.results, args.output, args.base, metrics, args.all, args.sort)
+        files = run(args.results, args.output, args.base, metrics, args.all, args.sort)
     elif args.command == "popularity":
-        files = run_popularity(
+        files = run(
             args.runs, args.output, args.k, args.groups, args.grouping, args.max_users, _overrides(args.set)
         )
-    elif args.command == "temporal":
-        files = run_temporal(args.runs, args.output, args.k, args.max_users, _overrides(args.set))
-    elif args.command == "ig-stats":
-        files = run_ig_stats(args.runs, args.output, args.k, args.max_users, _overrides(args.set))
+    elif args.command in ("temporal", "ig-stats"):
+        files = run(args.runs, args.output, args.k, args.max_users, _overrides(args.set))
     elif args.command == "zero-ig":
-        files = run_zero_ig(args.datasets, args.output, _overrides(args.set))
+        files = run(args.datasets, args.output, _overrides(args.set))
     else:
-        files = run_ig_loss(args.runs, args.output)
+        files = run(args.runs, args.output)
     for name, path in files.items():
         print(f"wrote {name}: {path}", file=sys.stderr)
     return files

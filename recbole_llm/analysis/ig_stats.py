@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recbole_llm.analysis import (
+from recbole_llm.analysis.common import (
     Run,
     analyse_runs,
     batch_size_for,

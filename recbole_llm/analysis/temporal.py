@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from recbole_llm.analysis import (
+from recbole_llm.analysis.common import (
     Run,
     analyse_runs,
     batch_size_for,

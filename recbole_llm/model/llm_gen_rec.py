@@ -42,7 +42,7 @@ from recbole_llm.utils.checkpoint import load_trainable, save_trainable
 
 CHECKPOINT_FILE = "trainable.safetensors"
 
-__all__ = ["CHECKPOINT_FILE", "LLMGenRec", "fill_by_popularity"]
+__all__ = ["CHECKPOINT_FILE", "LLMGenRec"]
 
 
 class LLMGenRec(SequentialRecommender):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,3 +31,21 @@ def as_number(value: Any, key: str, hint: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{key}={value!r} must be a number ({hint}).") from None
+
+
+def parse_value(text: str) -> Any:
+    """Turn a ``--key=value`` string into a Python value without ``eval`` (RecBole uses ``eval``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.strip().lower()
+        if lowered in {"true", "false"}:
+            return lowered == "true"
+        if lowered in {"none", "null", "~"}:
+            return None
+        stripped = text.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            stripped = stripped[1:-1]
+        elif "," not in stripped:
+            return text
+        return [parse_value(part.strip()) for part in stripped.split(",") if part.strip()]

@@ -5,20 +5,31 @@ search over the title trie), ``scorers`` (one object per change to beam scores: 
 ensemble, the length penalty, and any registered scorer of your own; composed in a list as transformers'
 ``LogitsProcessor``), ``kv_cache`` (each user's prompt KV shared by its beams) and ``items`` (trie leaves to
 ranked item ids). The scorer classes themselves are imported from :mod:`.scorers`.
+
+The names below are loaded on first use (PEP 562): code that only needs the decoding keys (``compare``,
+tuning) does not pay for the search's transformers import.
 """
 
-from recbole_llm.model.decoding.items import fill_by_popularity, leaves_to_items
-from recbole_llm.model.decoding.scorers import build_scorers, configured_scorers, scorer_keys
-from recbole_llm.model.decoding.search import constrained_beam_search
-from recbole_llm.model.decoding.settings import DECODING_KEYS, DecodingSettings
+from __future__ import annotations
 
-__all__ = [
-    "DECODING_KEYS",
-    "DecodingSettings",
-    "build_scorers",
-    "configured_scorers",
-    "constrained_beam_search",
-    "fill_by_popularity",
-    "leaves_to_items",
-    "scorer_keys",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "DECODING_KEYS": "settings",
+    "DecodingSettings": "settings",
+    "decoding_keys": "scorers",
+    "build_scorers": "scorers",
+    "configured_scorers": "scorers",
+    "scorer_keys": "scorers",
+    "constrained_beam_search": "search",
+    "fill_by_popularity": "items",
+    "leaves_to_items": "items",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
