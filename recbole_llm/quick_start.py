@@ -22,7 +22,7 @@ from recbole_llm.config import Config
 from recbole_llm.data.dataset import SharedSplitDataset
 from recbole_llm.ensemble import load_ensemble_model
 from recbole_llm.model import get_model
-from recbole_llm.model.decoding import DECODING_KEYS, scorer_keys
+from recbole_llm.model.decoding import decoding_keys
 from recbole_llm.trainer import get_trainer
 from recbole_llm.utils.checkpoint import safe_torch_load
 from recbole_llm.utils.io import read_json
@@ -246,25 +246,27 @@ def _load_weights(model, checkpoint: Path, config: Config) -> None:
     model.eval()
 
 
-# What ``evaluate`` may change on a trained run: how it is decoded (every DecodingSettings key) and scored,
-# and where and how fast it runs. Any other key would describe a model that was never trained.
-EVALUATION_KEYS = frozenset(DECODING_KEYS) | {
-    "topk",
-    "metrics",
-    "eval_batch_size",
-    "eval_sample_num",
-    "mixed_precision",
-    "cpu_threads",
-    "show_progress",
-    "state",
-    "results_dir",
-    "use_gpu",
-    "gpu_id",
-    "device",
-    "worker",
-    "evaluate",
-    "data_path",
-}
+# What ``evaluate`` may change on a trained run besides the decoding keys (``decoding_keys()``): how it is
+# scored, and where and how fast it runs. Any other key would describe a model that was never trained.
+EVALUATION_KEYS = frozenset(
+    {
+        "topk",
+        "metrics",
+        "eval_batch_size",
+        "eval_sample_num",
+        "mixed_precision",
+        "cpu_threads",
+        "show_progress",
+        "state",
+        "results_dir",
+        "use_gpu",
+        "gpu_id",
+        "device",
+        "worker",
+        "evaluate",
+        "data_path",
+    }
+)
 
 
 def evaluate_run(
@@ -278,8 +280,8 @@ def evaluate_run(
 
     The papers compare decoders on one trained model (D3 vs constrained beam search, IGD's α, the D3
     ensemble); retraining for each row would cost hours of LLM time. Settings given now override the
-    recorded ones, but only :data:`EVALUATION_KEYS` and the keys of registered beam scorers
-    (:func:`scorer_keys`) may differ: anything else would change the model.
+    recorded ones, but only the decoding keys (:func:`decoding_keys`, registered scorers' included) and
+    :data:`EVALUATION_KEYS` may differ: anything else would change the model.
     The result is saved as a new results JSON (``evaluated_from`` names the run).
     """
     info, checkpoint = _find_run(path)
@@ -297,7 +299,7 @@ def evaluate_run(
         model=info["model"], dataset=info["dataset"], config_file_list=config_file_list, config_dict=overrides
     )
     recorded = info.get("config") or info.get("overrides") or {}
-    allowed = EVALUATION_KEYS | scorer_keys()
+    allowed = EVALUATION_KEYS | set(decoding_keys())
     changed = sorted(
         key
         for key in config.external_config_dict

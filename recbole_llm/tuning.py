@@ -25,11 +25,10 @@ from recbole.trainer.hyper_tuning import HyperTuning
 
 from recbole_llm import quick_start
 from recbole_llm.config import Config
-from recbole_llm.model.decoding.settings import DECODING_KEYS
+from recbole_llm.model.decoding import decoding_keys
+from recbole_llm.model.objectives import loss_weight_keys
 
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
-# LLMGenRec keys that re-weight the tokens of the validation loss: its values are not comparable across them.
-LOSS_WEIGHT_KEYS = {"beta", "beta_prime", "cft_weight_normal_loss", "objective"}
 
 
 def parse_params_file(path: str | Path) -> dict[str, tuple[str, Any]]:
@@ -193,14 +192,15 @@ def check_selection(model: str, valid_metric: str, params: dict[str, tuple[str, 
     """Refuse a search the validation loss cannot decide; warn when it would compare different scales."""
     if model != "LLMGenRec" or valid_metric.lower() != "loss":
         return
-    decoding = sorted(set(DECODING_KEYS) & set(params))
+    decoding = sorted(set(decoding_keys()) & set(params))
     if decoding:
         raise ValueError(
             f"{', '.join(decoding)} only change decoding, so every trial has the same validation loss and "
             "selection would be arbitrary: add --valid_metric=NDCG@10 --valid_metric_bigger=True "
             "(decodes the validation samples; --eval_sample_num keeps that affordable)."
         )
-    weights = sorted(LOSS_WEIGHT_KEYS & set(params))
+    # Keys that re-weight the validation loss's tokens: losses under different values are not comparable.
+    weights = sorted((loss_weight_keys() | {"objective"}) & set(params))
     if weights:
         print(
             f"WARNING: {', '.join(weights)} re-weight the tokens of the validation loss, so trials with "

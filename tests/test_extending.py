@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from recbole.data import data_preparation
 
 from recbole_llm.config import Config
-from recbole_llm.model.decoding.scorers import SCORERS, scorer_keys
+from recbole_llm.model.decoding.scorers import SCORERS, decoding_keys
 from recbole_llm.model.llm_gen_rec import LLMGenRec
-from recbole_llm.model.objectives import NORMAL, OBJECTIVES, build_objective, weighted_total
-from recbole_llm.quick_start import EVALUATION_KEYS, create_dataset
+from recbole_llm.model.objectives import NORMAL, OBJECTIVES, build_objective, loss_weight_keys, weighted_total
+from recbole_llm.quick_start import create_dataset
+from recbole_llm.reporting.labels import label_keys
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -71,6 +72,8 @@ def test_readme_objective_registers_validates_and_trains(objective_example, work
     with pytest.raises(ValueError, match="choose one of sft, pos, cft, cetrec, igd, leading"):
         build_objective({"objective": "lead"})
 
+    assert "leading_tokens" in label_keys() and "leading_tokens" in loss_weight_keys()
+
     model, (train, _) = _model(workspace, monkeypatch, objective="leading", leading_tokens=2)
     assert model.hyper_parameters()["leading_tokens"] == 2
     model.train()
@@ -92,7 +95,7 @@ def test_readme_objective_registers_validates_and_trains(objective_example, work
 def test_readme_scorer_is_switched_on_by_its_key_and_changes_the_ranking(
     scorer_example, workspace, monkeypatch
 ):
-    assert "ban_first_token" in scorer_keys() and "ban_first_token" not in EVALUATION_KEYS
+    assert "ban_first_token" in decoding_keys() and "ban_first_token" in label_keys()
     plain, (_, test) = _model(workspace, monkeypatch, num_beams=12)
     assert plain.extra_scorers == []  # off unless its key is set
     histories = plain.histories(test.dataset.inter_feat[:3])

@@ -1,8 +1,9 @@
 """Names in tables and plots: the papers' metric names and the labels that tell same-named runs apart.
 
 A row's label is its run name (``SASRec``, ``LLMGenRec-igd-d3``) plus the hyper-parameters that differ
-among runs of that name (``LLMGenRec-cft-d3 (lambda=0.1)``). The decoding knobs among them are
-:data:`~recbole_llm.model.decoding.settings.DECODING_KEYS`, the project's one list of decoding keys.
+among runs of that name (``LLMGenRec-cft-d3 (lambda=0.1)``). The knobs checked are the registered
+objectives' own keys (``Objective.keys``) and every decoding key (``decoding_keys()``: DecodingSettings'
+fields and registered scorers' keys), so a new objective or scorer labels its runs without an edit here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from recbole_llm.model.decoding.settings import DECODING_KEYS
+from recbole_llm.model.decoding import decoding_keys
+from recbole_llm.model.objectives import objective_keys
 from recbole_llm.reporting.results import result_run_name, result_value
 
 DEFAULT_METRICS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
@@ -27,19 +29,16 @@ METRIC_NAMES = {
 # Decoding keys that never tell two runs of one name apart: the decoder is part of the run name
 # (``LLMGenRec-igd-d3``) and the batch size does not change the ranked lists.
 _UNLABELLED_DECODING_KEYS = {"decoder", "decode_batch_size"}
-# Hyper-parameters always checked when runs share a name: the objective's knobs, then decoding's.
-LABEL_KEYS = (
-    "beta",
-    "beta_prime",
-    "lambda",
-    "temporal_embedding",
-    "cetrec_cf_index",
-    "cft_counterfactual",
-    "tuning",
-    "llm_path",
-    "prompt_template",
-    *(key for key in DECODING_KEYS if key not in _UNLABELLED_DECODING_KEYS),
-)
+
+
+def label_keys() -> tuple[str, ...]:
+    """Hyper-parameters always checked when runs share a name: the objectives' knobs, the model's, then
+    decoding's (in this order in labels)."""
+    model_keys = ("temporal_embedding", "tuning", "llm_path", "prompt_template")
+    decoding = (key for key in decoding_keys() if key not in _UNLABELLED_DECODING_KEYS)
+    return tuple(dict.fromkeys((*objective_keys(), *model_keys, *decoding)))
+
+
 # Keys that never change what a run computes (paths, logging, batching that is normalised away).
 IGNORED_KEYS = {
     "model",
@@ -91,7 +90,8 @@ def distinguishing_keys(group: Sequence[dict[str, Any]]) -> list[str]:
     """Hyper-parameters whose values differ among runs that share one run name (paper knobs first)."""
     if len(group) < 2:
         return []
-    candidates = set(LABEL_KEYS)
+    ordered = label_keys()
+    candidates = set(ordered)
     for result in group:
         candidates.update((result.get("overrides") or {}).keys())
     candidates -= IGNORED_KEYS
@@ -100,7 +100,7 @@ def distinguishing_keys(group: Sequence[dict[str, Any]]) -> list[str]:
         for key in candidates
         if len({json.dumps(result_value(r, key), sort_keys=True, default=str) for r in group}) > 1
     ]
-    order = {key: i for i, key in enumerate(LABEL_KEYS)}
+    order = {key: i for i, key in enumerate(ordered)}
     return sorted(varying, key=lambda k: (order.get(k, len(order)), k))
 
 

@@ -22,6 +22,8 @@ from recbole_llm.model.objectives.base import (
     Counterfactual,
     Objective,
     build_objective,
+    loss_weight_keys,
+    objective_keys,
 )
 from recbole_llm.model.objectives.cetrec import CETRecObjective
 from recbole_llm.model.objectives.cft import CFTObjective
@@ -60,6 +62,8 @@ __all__ = [
     "SFTObjective",
     "beta_from_beta_prime",
     "build_objective",
+    "loss_weight_keys",
+    "objective_keys",
     "causal_loss_terms",
     "gather_token_weights",
     "ig_weights",

@@ -70,6 +70,10 @@ class Objective:
     decoding_defaults: ClassVar[dict[str, Any]] = {}
     # Temporal embedding used when the config sets no ``temporal_embedding`` (None: no embedding).
     temporal_embedding: ClassVar[str | None] = None
+    # The config keys ``from_config`` reads (``compare`` labels runs by them), and those of them that
+    # re-weight the tokens of the validation loss (tuning warns: losses under them are not comparable).
+    keys: ClassVar[tuple[str, ...]] = ()
+    loss_weight_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -172,6 +176,8 @@ class CausalObjective(Objective):
     With λ = 0 there is no counterfactual pass, so e.g. CFT "w/o CL" costs one pass.
     """
 
+    keys: ClassVar[tuple[str, ...]] = ("lambda",)  # λ: training only (validation uses L_n alone)
+
     def __init__(self, lam: float) -> None:
         check_lambda(lam)
         self.lam = float(lam)
@@ -191,6 +197,9 @@ class CausalObjective(Objective):
 class BetaObjective(Objective):
     """An objective with one token weight β ∈ [0, 1] (``beta``, or CFT's ``beta_prime``): pos, igd."""
 
+    keys: ClassVar[tuple[str, ...]] = ("beta", "beta_prime")
+    loss_weight_keys: ClassVar[tuple[str, ...]] = ("beta", "beta_prime")
+
     def __init__(self, beta: float | None = None) -> None:
         beta = self.defaults["beta"] if beta is None else beta
         check_beta(beta)
@@ -207,6 +216,16 @@ class BetaObjective(Objective):
 # --------------------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------------------
+def objective_keys() -> tuple[str, ...]:
+    """Every config key a registered objective reads, in listing order, each once."""
+    return tuple(dict.fromkeys(key for cls in OBJECTIVES.values() for key in cls.keys))
+
+
+def loss_weight_keys() -> frozenset[str]:
+    """The keys that change the token weights of some objective's validation loss."""
+    return frozenset(key for cls in OBJECTIVES.values() for key in cls.loss_weight_keys)
+
+
 def check_beta(beta: Any, key: str = "beta") -> None:
     if isinstance(beta, bool) or not isinstance(beta, int | float) or not (0.0 <= float(beta) <= 1.0):
         raise ValueError(

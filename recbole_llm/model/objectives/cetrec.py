@@ -26,6 +26,7 @@ class CETRecObjective(CausalObjective):
     name = "cetrec"
     defaults: ClassVar[dict[str, Any]] = {"lambda": 0.1, "cetrec_cf_index": "earliest"}
     temporal_embedding: ClassVar[str | None] = "rope"
+    keys: ClassVar[tuple[str, ...]] = ("lambda", "cetrec_cf_index")
 
     def __init__(self, lam: float = 0.1, cf_index: str | int = "earliest") -> None:
         super().__init__(lam)

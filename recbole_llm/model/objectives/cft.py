@@ -31,6 +31,15 @@ class CFTObjective(CausalObjective):
 
     name = "cft"
     defaults: ClassVar[dict[str, Any]] = {"beta": 0.25, "lambda": 0.1, "cft_weight_normal_loss": True}
+    # cft_counterfactual / cft_placeholder shape the counterfactual prompt (read by the prompt builder).
+    keys: ClassVar[tuple[str, ...]] = (
+        "beta",
+        "beta_prime",
+        "lambda",
+        "cft_weight_normal_loss",
+        "cft_counterfactual",
+    )
+    loss_weight_keys: ClassVar[tuple[str, ...]] = ("beta", "beta_prime", "cft_weight_normal_loss")
 
     def __init__(self, beta: float = 0.25, lam: float = 0.1, weight_normal_loss: bool = True) -> None:
         check_beta(beta)

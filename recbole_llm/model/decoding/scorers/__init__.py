@@ -37,7 +37,7 @@ from recbole_llm.model.decoding.scorers.d3_ensemble import (
 )
 from recbole_llm.model.decoding.scorers.ig_calibration import IGCalibration, calibrated_step_scores
 from recbole_llm.model.decoding.scorers.length_penalty import LengthPenalty
-from recbole_llm.model.decoding.settings import DecodingSettings
+from recbole_llm.model.decoding.settings import DECODING_KEYS, DecodingSettings
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
@@ -88,6 +88,12 @@ def configured_scorers(config: Any) -> list[BeamScorer]:
     return [scorer for scorer in built if scorer is not None]
 
 
+def decoding_keys() -> tuple[str, ...]:
+    """Every decoding key: :class:`DecodingSettings`' fields, then the registered scorers' keys. The one list
+    ``--evaluate`` may change, tuning refuses to select on validation loss, and ``compare`` labels by."""
+    return (*DECODING_KEYS, *sorted(scorer_keys() - set(DECODING_KEYS)))
+
+
 def scorer_keys() -> frozenset[str]:
     """The YAML keys of every registered scorer (decoding keys: ``--evaluate`` may change them)."""
     return frozenset(key for cls in SCORERS.values() for key in cls.keys)
@@ -105,6 +111,7 @@ __all__ = [
     "calibrated_step_scores",
     "compose_scorers",
     "configured_scorers",
+    "decoding_keys",
     "ensemble_step_scores",
     "scorer_keys",
 ]
