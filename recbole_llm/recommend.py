@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from recbole_llm.model import is_generative
 from recbole_llm.quick_start import Trained, load_trained
 from recbole_llm.trainer.precision import decoding_precision
 
@@ -53,7 +54,7 @@ class Recommender:
         if not history:
             raise ValueError("The history is empty: give at least one title the user interacted with.")
         items = [self.item_of(t) for t in history]
-        if hasattr(self.model, "recommend_histories"):
+        if is_generative(self.model):
             with decoding_precision(self.model):  # the run's own autocast: the same lists as its test
                 ranked = self.model.recommend_histories([items], k)[0].tolist()
         else:

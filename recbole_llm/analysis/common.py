@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from recbole_llm.data.dataset import histories_of
+from recbole_llm.model import is_generative
 from recbole_llm.quick_start import load_trained
 from recbole_llm.reporting.labels import labels_for
 from recbole_llm.trainer.evaluation import evaluate_ranked
@@ -29,11 +30,6 @@ class Run(NamedTuple):
     label: str
     info: dict[str, Any]
     trained: Any  # recbole_llm.quick_start.Trained
-
-
-def is_generative(model) -> bool:
-    """LLMGenRec (and any model that writes item titles) ranks by decoding, not by scoring every item."""
-    return hasattr(model, "recommend_histories")
 
 
 @torch.no_grad()

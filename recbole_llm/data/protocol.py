@@ -56,8 +56,6 @@ _RESERVED_TOKENS = NA_STRINGS | {"[PAD]"}
 _ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 _WHITESPACE = re.compile(r"\s+")
 
-INTER_COLUMNS = ("user_id", "item_id", "timestamp")
-
 
 # ----------------------------------------------------------------------------------------------- titles
 def _unescape_entities(text: str) -> str:

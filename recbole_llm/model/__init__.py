@@ -14,6 +14,11 @@ import importlib
 PLUGIN_MODELS: dict[str, str] = {"LLMGenRec": "recbole_llm.model.llm_gen_rec"}
 
 
+def is_generative(model: object) -> bool:
+    """LLMGenRec (and any model that writes item titles) ranks by decoding, not by scoring every item."""
+    return hasattr(model, "recommend_histories")
+
+
 def _classes(module) -> list[str]:
     return [name for name in dir(module) if name[:1].isupper() and isinstance(getattr(module, name), type)]
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
 import torch
+
+from recbole_llm.model import is_generative
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -27,7 +30,7 @@ def resolve_mixed_precision(value: str | None, use_gpu: bool = True) -> str:
     return value
 
 
-def model_device(model, config) -> torch.device:
+def model_device(model: torch.nn.Module, config: Any) -> torch.device:
     """The device of the model's weights (``config["device"]`` for a model without parameters)."""
     try:
         return next(model.parameters()).device
@@ -35,7 +38,7 @@ def model_device(model, config) -> torch.device:
         return config["device"]
 
 
-def decoding_precision(model):
+def decoding_precision(model: torch.nn.Module) -> contextlib.AbstractContextManager:
     """The autocast the trainer evaluated this model under (``mixed_precision``), so analyses decode alike.
 
     ``mixed_precision: auto`` is bf16 on a bf16-capable GPU or CPU (AVX512-BF16/AMX): beams decoded in fp32
@@ -43,7 +46,7 @@ def decoding_precision(model):
     that score every item (RecBole's baselines) run as they are.
     """
     config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "recommend_histories"):
+    if config is None or not is_generative(model):
         return contextlib.nullcontext()
     device = model_device(model, config)
     device_type = torch.device(device).type if device is not None else "cpu"

@@ -1,8 +1,9 @@
-"""Atomic file writes and clear-error JSON reads: the one place every file of a run is written from.
+"""Atomic file writes and clear-error JSON reads: the one home of the write-then-rename pattern.
 
 A run may be killed at any moment (SIGKILL, OOM, a full disk); each file is written to a temporary
 sibling, fsync'ed and renamed into place, so a reader sees the previous complete file or the new one,
-never half of one.
+never half of one. Checkpoints, run.json, results JSONs and prepared datasets go through here; tables an
+analysis writes (``to_csv`` of a finished frame) and the per-epoch append to ``ig_loss.csv`` do not need to.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ cache (prompt included) twice per step (``torch.cat`` in ``DynamicLayer.update``
 ``reorder_cache``). Here the prompt KV is stored once per user and never copied per beam; a registered
 attention function (:func:`shared_prompt_attention`) attends to it with all beams and query heads of a KV
 head as the rows of one matmul; reordering beams only gathers the few generated positions
-(:class:`_SharedPromptLayer`), and new tokens are written in place (no ``cat``).
+(:class:`SharedPromptLayer`), and new tokens are written in place (no ``cat``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 SHARED_PROMPT_ATTENTION = "recbole_llm_shared_prompt"
 
 
-class _SharedPromptLayer(DynamicLayer):
+class SharedPromptLayer(DynamicLayer):
     """One layer's cache for beam search: the prompt KV once per *user*, the generated KV per *beam*.
 
     ``update`` writes the step's keys into a preallocated ``[users * beams, heads, max_new, dim]`` buffer and
@@ -75,20 +75,20 @@ class _SharedPromptLayer(DynamicLayer):
         self._sync_views()
 
 
-class _SharedPrompt:
+class SharedPrompt:
     """What :func:`shared_prompt_attention` needs besides the step's own keys: the per-user prompt KV of every
     layer and an additive ``[users, prompt_len]`` bias (0, or -inf on the left padding)."""
 
-    def __init__(self, layers: list[_SharedPromptLayer], prompt_mask: torch.Tensor):
+    def __init__(self, layers: list[SharedPromptLayer], prompt_mask: torch.Tensor):
         self.layers = layers
         self.cache = Cache(layers=layers)
         self.set_mask(prompt_mask)
 
     @classmethod
-    def from_cache(cls, cache: Cache, prompt_mask: torch.Tensor, beams: int, max_new: int) -> _SharedPrompt:
+    def from_cache(cls, cache: Cache, prompt_mask: torch.Tensor, beams: int, max_new: int) -> SharedPrompt:
         """Take over the prompt KV of ``cache`` (one row per user) for ``beams`` beams per user."""
         return cls(
-            [_SharedPromptLayer(layer.keys, layer.values, beams, max_new) for layer in cache.layers],
+            [SharedPromptLayer(layer.keys, layer.values, beams, max_new) for layer in cache.layers],
             prompt_mask,
         )
 
@@ -120,7 +120,7 @@ def shared_prompt_attention(
     """Attention of one new token per beam over (its user's prompt KV) + (its own generated KV).
 
     Registered in transformers' ``AttentionInterface``; :func:`constrained_beam_search` switches a model to
-    it only for its decoding steps and passes the :class:`_SharedPrompt` as the ``shared_prompt`` keyword
+    it only for its decoding steps and passes the :class:`SharedPrompt` as the ``shared_prompt`` keyword
     (transformers forwards extra model kwargs to the attention function). The prompt part is one matmul per
     user and KV head with all ``beams x query heads`` of that head as rows (GQA without ``repeat_kv``), so the
     prompt KV is read once per user instead of once per beam. Anything else falls back to SDPA.
@@ -156,7 +156,7 @@ def shared_prompt_attention(
 AttentionInterface.register(SHARED_PROMPT_ATTENTION, shared_prompt_attention)
 
 
-def _attention_configs(model: torch.nn.Module) -> list:
+def attention_configs(model: torch.nn.Module) -> list:
     """The configs that attention modules read ``_attn_implementation`` from (usually one shared object)."""
     found = {}
     for module in model.modules():
@@ -167,7 +167,7 @@ def _attention_configs(model: torch.nn.Module) -> list:
 
 
 @contextmanager
-def _use_attention(configs: list, name: str):
+def use_attention(configs: list, name: str):
     """Temporarily route attention modules (via their ``configs``) to the registered attention ``name``."""
     previous = [cfg._attn_implementation_internal for cfg in configs]
     for cfg in configs:
@@ -179,9 +179,9 @@ def _use_attention(configs: list, name: str):
             cfg._attn_implementation_internal = old
 
 
-def _supports_shared_prompt(model: torch.nn.Module) -> bool:
+def supports_shared_prompt(model: torch.nn.Module) -> bool:
     """Full-attention layers only (no sliding window / linear layers) and attention via AttentionInterface."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not getattr(base, "_supports_attention_backend", False) or not _attention_configs(base):
+    if not getattr(base, "_supports_attention_backend", False) or not attention_configs(base):
         return False
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=base.config).layers)

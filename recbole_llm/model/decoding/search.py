@@ -34,10 +34,10 @@ from transformers.cache_utils import DynamicCache
 
 from recbole_llm.model.decoding.kv_cache import (
     SHARED_PROMPT_ATTENTION,
-    _attention_configs,
-    _SharedPrompt,
-    _supports_shared_prompt,
-    _use_attention,
+    SharedPrompt,
+    attention_configs,
+    supports_shared_prompt,
+    use_attention,
 )
 from recbole_llm.model.decoding.scorers import BeamScorer, BeamStep, EnsembleSource, compose_scorers
 from recbole_llm.model.trie import TitleTrie
@@ -125,7 +125,7 @@ def constrained_beam_search(
     validate_search(prompts, trie, num_beams, early_stopping)
     if kv_cache not in ("auto", "shared", "dynamic"):
         raise ValueError(f"kv_cache must be 'auto', 'shared' or 'dynamic', got {kv_cache!r}.")
-    full_attention = _supports_shared_prompt(model)
+    full_attention = supports_shared_prompt(model)
     if kv_cache == "shared" and not full_attention:
         raise ValueError(
             "kv_cache='shared' needs full-attention layers that use transformers' AttentionInterface; "
@@ -252,7 +252,7 @@ def _search_batch(
     pool_leaf = torch.full((n_users, K), -1, dtype=torch.long, device=device)
     attn_full = None
     shared_prompt = None
-    attn_configs = _attention_configs(model) if shared else []
+    attn_configs = attention_configs(model) if shared else []
     rank = torch.arange(2 * K, device=device)
     eos = t.eos_token_id
     longest = max_new if early_stopping == "never" else None  # the early-stopping bound's length
@@ -329,7 +329,7 @@ def _search_batch(
         # users once they are a quarter of the batch.
         if step == 0:
             if shared:
-                shared_prompt = _SharedPrompt.from_cache(cache, mask, K, max_new)
+                shared_prompt = SharedPrompt.from_cache(cache, mask, K, max_new)
                 cache = shared_prompt.cache
             else:
                 cache.batch_repeat_interleave(K)
@@ -368,7 +368,7 @@ def _search_batch(
         step_kwargs = {}
         if shared:
             step_kwargs["shared_prompt"] = shared_prompt
-        with _use_attention(attn_configs, SHARED_PROMPT_ATTENTION) if shared else nullcontext():
+        with use_attention(attn_configs, SHARED_PROMPT_ATTENTION) if shared else nullcontext():
             out = model(
                 input_ids=new_tok.reshape(n_rows, 1),
                 attention_mask=attn_full[:, : prompt_w + step + 1],

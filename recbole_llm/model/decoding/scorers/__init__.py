@@ -11,7 +11,7 @@ The papers' scorers, in the order :func:`build_scorers` composes them:
 * :class:`D3Ensemble` (D3 §3.3): ``gs · log p_LLM + (1 − gs) · log m``, ``m`` the traditional model's (SASRec's)
   probability mass under the token's subtree, normalised over the allowed tokens;
 * :class:`IGCalibration` (IGD §4.3.2 Eq. (9)–(10)): ``(1 − α·IG~) · score``, ``IG~`` the token's information
-  gain min-max normalised among the allowed tokens; applied last, as the IGD reference's logits processor
+  gain min-max normalised among the allowed tokens; applied last of the papers' scorers, as the IGD reference's logits processor
   multiplies the already processed scores;
 * :class:`LengthPenalty`: transformers' ``sum / len ** lp``, ``len`` the generated length including EOS.
   D3 §3.2 decodes without length normalisation (``lp = 0``: no scorer at all).
