@@ -14,18 +14,15 @@ import torch
 
 from recbole_llm.config import Config
 from recbole_llm.model import get_model
-from recbole_llm.model.decoding.settings import MISSING_ENSEMBLE_CHECKPOINT
 from recbole_llm.utils.checkpoint import safe_torch_load
 
 # Settings of the checkpoint's run that describe where it ran, not its architecture: this run's apply.
 _RUN_LOCAL_KEYS = ("data_path", "checkpoint_dir", "results_dir", "device", "gpu_id", "state", "show_progress")
 
 
-def load_ensemble_model(config: Any, n_items: int) -> torch.nn.Module:
-    """The D3 ensemble's traditional model from a checkpoint of the same split (``ensemble_checkpoint``)."""
-    path = config["ensemble_checkpoint"]
-    if not path:
-        raise ValueError(MISSING_ENSEMBLE_CHECKPOINT)
+def load_ensemble_model(path: str, config: Any, n_items: int) -> torch.nn.Module:
+    """The D3 ensemble's traditional model from ``path`` (``DecodingSettings.ensemble_checkpoint``), a
+    checkpoint of the same prepared split; ``config`` is this run's (dataset, data root)."""
     state = safe_torch_load(path, map_location="cpu")
     model_name = state.get("model", "SASRec")
     # The run's own settings (hidden_size, n_layers, ...) rebuild its architecture; paths come from this run.

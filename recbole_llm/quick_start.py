@@ -62,7 +62,9 @@ def load_run(config: Config, quiet: bool = False, with_trainer: bool = True):
     if config["model"] not in ("LLMGenRec",):
         model = model.to(config["device"])
     if getattr(model, "decoding", None) is not None and model.decoding.uses_ensemble:
-        model.set_ensemble_model(load_ensemble_model(config, model.n_items))  # missing / mismatched: raises
+        model.set_ensemble_model(
+            load_ensemble_model(model.decoding.ensemble_checkpoint, config, model.n_items)
+        )  # missing / mismatched: raises
     trainer = get_trainer(config["model"])(config, model) if with_trainer else None
     if not quiet:
         getLogger().info(dataset)

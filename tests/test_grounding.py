@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from recbole_llm.model.decoding.items import ranking_to_scores
 from recbole_llm.model.grounding import (
     CFT_GENERATIONS,
     bigrec_rank,
@@ -16,7 +17,6 @@ from recbole_llm.model.grounding import (
     ground_generations,
     l2_ground,
     last_token_hidden,
-    ranking_to_scores,
 )
 
 ITEMS = torch.tensor([[3.0, 0.0], [1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [0.0, -1.0]])
@@ -78,6 +78,8 @@ def test_dedup_first_and_scores():
     scores = ranking_to_scores(torch.tensor([[4, 0, 2]]), 6)
     assert scores.tolist() == [[2.0, float("-inf"), 1.0, float("-inf"), 3.0, float("-inf")]]
     assert torch.topk(scores, 3).indices.tolist() == [[4, 0, 2]]
+    short = ranking_to_scores(torch.tensor([[3, -1, -1]]), 4)  # a short list: -1 gets no score
+    assert short.tolist() == [[float("-inf"), float("-inf"), float("-inf"), 3.0]]
 
 
 @pytest.fixture(scope="module")

@@ -117,17 +117,6 @@ def bigrec_rank(
     return candidates.gather(1, keep)
 
 
-def ranking_to_scores(ranked: Tensor, n_items: int, fill: float = float("-inf")) -> Tensor:
-    """Scores ``[B, n_items]`` for RecBole's full-sort evaluation: ``K − r`` at rank r, ``fill`` elsewhere.
-
-    ``torch.topk`` over these scores reproduces the ranked list exactly (scores are distinct).
-    """
-    batch, k = ranked.shape
-    scores = torch.full((batch, n_items), fill, dtype=torch.float32, device=ranked.device)
-    values = torch.arange(k, 0, -1, dtype=torch.float32, device=ranked.device).expand(batch, k)
-    return scores.scatter_(1, ranked, values)
-
-
 @torch.no_grad()
 def last_token_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Last-layer hidden state ``[B, H]`` of each row's last non-pad token (left or right padding).

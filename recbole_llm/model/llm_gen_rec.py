@@ -27,6 +27,7 @@ from recbole_llm.model.decoding import (
     constrained_beam_search,
     fill_by_popularity,
     leaves_to_items,
+    ranking_to_scores,
 )
 from recbole_llm.model.grounding import embed_token_sequences, ground_generations
 from recbole_llm.model.objectives import (
@@ -269,7 +270,7 @@ class LLMGenRec(SequentialRecommender):
         if model is None:
             raise ValueError(
                 "ensemble_weight < 1 decodes with a traditional model: pass it to set_ensemble_model "
-                "(recbole_llm.ensemble.load_ensemble_model reads ensemble_checkpoint; load_run does both)."
+                "(recbole_llm.ensemble.load_ensemble_model loads ensemble_checkpoint; load_run does both)."
             )
         width = self.max_seq_length
         seq = torch.zeros((len(histories), width), dtype=torch.long)
@@ -326,13 +327,7 @@ class LLMGenRec(SequentialRecommender):
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """RecBole API: scores ``[B, n_items]`` whose order is the ranked list (reads only the history)."""
-        k = self.decoding.num_beams
-        ranked = self.recommend(interaction, k)
-        scores = torch.full((ranked.shape[0], self.n_items), float("-inf"), device=ranked.device)
-        values = torch.arange(k, 0, -1, device=ranked.device, dtype=torch.float).expand_as(ranked)
-        valid = ranked >= 0
-        scores[torch.nonzero(valid, as_tuple=True)[0], ranked[valid]] = values[valid]
-        return scores
+        return ranking_to_scores(self.recommend(interaction, self.decoding.num_beams), self.n_items)
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self, folder: str | Path) -> Path:

@@ -25,6 +25,7 @@ _HOMES = {
     "constrained_beam_search": "search",
     "fill_by_popularity": "items",
     "leaves_to_items": "items",
+    "ranking_to_scores": "items",
 }
 __all__ = sorted(_HOMES)
 

@@ -56,3 +56,17 @@ def fill_by_popularity(ranked: torch.Tensor, order: torch.Tensor) -> torch.Tenso
         extra = [i for i in order[: missing + len(present)].tolist() if i not in present][:missing]
         out[row, out.shape[1] - missing :] = torch.tensor(extra, dtype=out.dtype)
     return out
+
+
+def ranking_to_scores(ranked: torch.Tensor, n_items: int, fill: float = float("-inf")) -> torch.Tensor:
+    """Scores ``[B, n_items]`` for RecBole's full-sort API: ``K − r`` at rank r, ``fill`` elsewhere.
+
+    ``torch.topk`` over these scores reproduces the ranked list exactly (scores are distinct); ``-1``
+    entries (a short list) get no score.
+    """
+    batch, k = ranked.shape
+    scores = torch.full((batch, n_items), fill, dtype=torch.float32, device=ranked.device)
+    values = torch.arange(k, 0, -1, dtype=torch.float32, device=ranked.device).expand(batch, k)
+    valid = ranked >= 0
+    scores[torch.nonzero(valid, as_tuple=True)[0], ranked[valid]] = values[valid]
+    return scores

@@ -28,8 +28,10 @@ class CETRecObjective(CausalObjective):
     temporal_embedding: ClassVar[str | None] = "rope"
     keys: ClassVar[tuple[str, ...]] = ("lambda", "cetrec_cf_index")
 
-    def __init__(self, lam: float = 0.1, cf_index: str | int = "earliest") -> None:
-        super().__init__(lam)
+    def __init__(self, lam: float | None = None, cf_index: str | int | None = None) -> None:
+        """``None`` takes the paper default (:attr:`defaults`)."""
+        super().__init__(self.defaults["lambda"] if lam is None else lam)
+        cf_index = self.defaults["cetrec_cf_index"] if cf_index is None else cf_index
         counterfactual_index(torch.zeros(1, 1, dtype=torch.long), 1, cf_index)  # a clear error if invalid
         self.cf_index = cf_index
 

@@ -41,10 +41,16 @@ class CFTObjective(CausalObjective):
     )
     loss_weight_keys: ClassVar[tuple[str, ...]] = ("beta", "beta_prime", "cft_weight_normal_loss")
 
-    def __init__(self, beta: float = 0.25, lam: float = 0.1, weight_normal_loss: bool = True) -> None:
+    def __init__(
+        self, beta: float | None = None, lam: float | None = None, weight_normal_loss: bool | None = None
+    ) -> None:
+        """``None`` takes the paper default (:attr:`defaults`)."""
+        beta = self.defaults["beta"] if beta is None else beta
         check_beta(beta)
-        super().__init__(lam)
+        super().__init__(self.defaults["lambda"] if lam is None else lam)
         self.beta = float(beta)
+        if weight_normal_loss is None:
+            weight_normal_loss = self.defaults["cft_weight_normal_loss"]
         self.weight_normal_loss = bool(weight_normal_loss)
 
     @classmethod
