@@ -177,7 +177,7 @@ class LLMTrainer(ResumableTraining, Trainer):
 
     # ----------------------------------------------------------------- validation
     @torch.no_grad()
-    def validation_loss(self, eval_data, show_progress: bool = False) -> float:
+    def validation_loss(self, eval_data: Any, show_progress: bool = False) -> float:
         """Objective loss on the validation samples (early stopping signal of the papers)."""
         dataset = eval_data.dataset
         self.model.eval()
@@ -209,8 +209,18 @@ class LLMTrainer(ResumableTraining, Trainer):
 
     # ----------------------------------------------------------------- fit
     def fit(
-        self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None
-    ):
+        self,
+        train_data: Any,
+        valid_data: Any = None,
+        verbose: bool = True,
+        saved: bool = True,
+        show_progress: bool = False,
+        callback_fn: Any = None,
+    ) -> tuple[float, dict[str, Any] | None]:
+        """RecBole's ``fit``: train (or continue a resumed run) with early stopping; returns the best validation
+        score and result. Before the first step: the epoch plan (for the scheduler's length), accelerate's
+        wrapping, the restored state of a resumed run, ``run.json`` and the IG-loss log; the random streams
+        are restored last, so that nothing here shifts them."""
         self._train_lengths = self.unwrapped.sample_lengths(train_data.dataset)
         plan_len = len(
             plan_epoch(
@@ -376,7 +386,13 @@ class LLMTrainer(ResumableTraining, Trainer):
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+    def evaluate(
+        self,
+        eval_data: Any,
+        load_best_model: bool = True,
+        model_file: str | os.PathLike | None = None,
+        show_progress: bool = False,
+    ) -> dict[str, float] | None:
         """Generate ranked item lists and score them with RecBole's metric classes (HR@K, NDCG@K, ...)."""
         if not eval_data:
             return None
