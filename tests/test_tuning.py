@@ -3,8 +3,10 @@ with RecBole's HyperTuning."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -206,6 +208,10 @@ def test_end_to_end_grid_on_llmgenrec_selects_the_lowest_loss(tmp_path, monkeypa
     assert "lower is better" in (out["output"] / "hyper_trials.md").read_text()
     for record in records:
         assert (tmp_path / record["results_file"]).is_file()
+        # A trial is a full run: its results JSON can be re-decoded (--evaluate), reloaded and compared.
+        saved = json.loads((tmp_path / record["results_file"]).read_text())
+        assert Path(saved["checkpoint"]).is_dir() and saved["train_seconds"] > 0
+        assert saved["n_test_samples"] == 4 and len(saved["test_fingerprint"]) == 16
 
 
 @pytest.mark.parametrize("key", DECODING_KEYS)
