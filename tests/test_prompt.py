@@ -102,8 +102,7 @@ def test_batch_padding_and_target_positions(tok, builder):
     )
     assert batch.target_t.tolist() == list(range(1, len(t1) + 1)) + list(range(1, len(t4) + 1))
     assert batch.target_size.tolist() == [len(t1)] * len(t1) + [len(t4)] * len(t4)
-    flat = batch.input_ids.view(-1)[batch.target_flat_pos]
-    assert flat.tolist() == t1 + t4
+    assert batch.input_ids[batch.target_rows, batch.target_cols].tolist() == t1 + t4
     rows, cols = batch.predict_positions
     assert (cols == batch.target_cols - 1).all() and (rows == batch.target_rows).all()
     assert builder.lengths([[3, 6, 5], [2]], [1, 4]).tolist() == lengths

@@ -98,11 +98,6 @@ class PromptBatch:
     def predict_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.target_rows, self.target_cols - 1
 
-    @property
-    def target_flat_pos(self) -> torch.Tensor:
-        """Flat indices (``row * L + col``) of the target tokens in ``input_ids.view(-1)``."""
-        return self.target_rows * self.input_ids.shape[1] + self.target_cols
-
     def to(self, device: torch.device | str) -> PromptBatch:
         return PromptBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
