@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recbole_llm.analysis.params import Count, Folder, Overrides, Runs
 from recbole_llm.data.dataset import histories_of
 from recbole_llm.model import is_generative
 from recbole_llm.quick_start import load_trained
@@ -143,14 +144,15 @@ def default_output(trained) -> Path:
 
 
 def analyse_runs(
-    paths: Sequence[str | Path],
-    overrides: dict[str, Any] | None,
-    output: str | Path | None,
-    k: int | None,
-    analyse: Callable[[Run, int, int], Any],
+    paths: Runs,
+    overrides: Overrides,
+    output: Folder,
+    k: Count,
+    max_users: Count,
+    analyse: Callable[[Run, int, Count, int], Any],
 ) -> tuple[list[Any], Path]:
-    """``analyse(run, k, seed)`` for every run, one run in memory at a time; returns the results and the
-    (created) output folder: ``output``, else the first run's :func:`default_output`.
+    """``analyse(run, k, max_users, seed)`` for every run, one run in memory at a time; returns the results
+    and the (created) output folder: ``output``, else the first run's :func:`default_output`.
 
     ``k`` defaults to each run's largest ``topk``; ``seed`` is the run's own, so analyses sample alike.
     """
@@ -158,7 +160,7 @@ def analyse_runs(
     out = Path(output) if output else None
     for run in load_runs(paths, overrides):
         config = run.trained.config
-        results.append(analyse(run, k or max(config["topk"]), int(config["seed"])))
+        results.append(analyse(run, k or max(config["topk"]), max_users, int(config["seed"])))
         out = out or default_output(run.trained)
         del run  # free this model before the next one is loaded
     if out is None:

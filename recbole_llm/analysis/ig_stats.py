@@ -28,20 +28,21 @@ from recbole_llm.analysis.common import (
     Run,
     analyse_runs,
     batch_size_for,
-    is_generative,
     iter_batches,
-    model_device,
     rank_items,
     read_run_info,
     select_rows,
     split_target_counts,
 )
+from recbole_llm.analysis.params import Count, Folder, Overrides, Runs, Written
 from recbole_llm.analysis.plots import plot_entropy_steps, plot_ig_loss
 from recbole_llm.config import Config
+from recbole_llm.model import is_generative
 from recbole_llm.model.trie import TitleTrie
 from recbole_llm.quick_start import load_run
 from recbole_llm.reporting.labels import labels_for
 from recbole_llm.trainer.ig_loss import ZERO_TOL, median_positive_ig
+from recbole_llm.trainer.precision import model_device
 from recbole_llm.utils.runs import find_in_run
 
 
@@ -202,16 +203,10 @@ def analyse_run(
 
 
 def run_ig_stats(
-    paths: Sequence[str | Path],
-    output: str | Path | None = None,
-    k: int | None = None,
-    max_users: int | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Path]:
+    paths: Runs, output: Folder = None, k: Count = None, max_users: Count = None, overrides: Overrides = None
+) -> Written:
     """Write ``ig_zero_share.csv``, ``ig_entropy_steps.csv`` and ``ig_entropy_steps.png``."""
-    per_run, out = analyse_runs(
-        paths, overrides, output, k, lambda run, k_used, seed: analyse_run(run, k_used, max_users, seed)
-    )
+    per_run, out = analyse_runs(paths, overrides, output, k, max_users, analyse_run)
     zero_rows = [row for zero, _ in per_run for row in zero]
     step_rows = [row for _, steps in per_run for row in steps]
     files = {"zero_csv": out / "ig_zero_share.csv", "steps_csv": out / "ig_entropy_steps.csv"}

@@ -22,14 +22,15 @@ from recbole_llm.analysis.common import (
     Run,
     analyse_runs,
     batch_size_for,
-    is_generative,
     iter_batches,
-    model_device,
     rank_items,
     select_rows,
     split_target_counts,
 )
+from recbole_llm.analysis.params import Count
 from recbole_llm.analysis.plots import plot_popularity
+from recbole_llm.model import is_generative
+from recbole_llm.trainer.precision import model_device
 
 GROUPINGS = ("items", "interactions")
 
@@ -194,11 +195,11 @@ def run_popularity(
     """Write ``popularity_groups.csv`` (shares), ``popularity_group_items.csv`` (group contents) and the PNG."""
     used_k: list[int] = []
 
-    def analyse(run: Run, k_used: int, seed: int):
+    def analyse(run: Run, k_used: int, max_users: Count, seed: int):
         used_k.append(k_used)
         return analyse_run(run, k_used, n_groups, grouping, max_users, seed)
 
-    per_run, out = analyse_runs(paths, overrides, output, k, analyse)
+    per_run, out = analyse_runs(paths, overrides, output, k, max_users, analyse)
     frames = [frame for frame, _ in per_run]
     summaries = [summary for _, summary in per_run]
     k_used = used_k[-1]

@@ -10,8 +10,6 @@ changes. Histories of one item cannot change and are counted in ``reversible_sha
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -23,11 +21,12 @@ from recbole_llm.analysis.common import (
     batch_size_for,
     evaluate_ranked,
     iter_batches,
-    model_device,
     rank_items,
     select_rows,
 )
+from recbole_llm.analysis.params import Count, Folder, Overrides, Runs, Written
 from recbole_llm.analysis.plots import plot_temporal
+from recbole_llm.trainer.precision import model_device
 
 
 def reverse_histories(item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -132,16 +131,10 @@ def analyse_run(run: Run, k: int, max_users: int | None = None, seed: int = 2020
 
 
 def run_temporal(
-    paths: Sequence[str | Path],
-    output: str | Path | None = None,
-    k: int | None = None,
-    max_users: int | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Path]:
+    paths: Runs, output: Folder = None, k: Count = None, max_users: Count = None, overrides: Overrides = None
+) -> Written:
     """Write ``temporal.csv`` and ``temporal.png`` for each run in ``paths``."""
-    per_run, out = analyse_runs(
-        paths, overrides, output, k, lambda run, k_used, seed: analyse_run(run, k_used, max_users, seed)
-    )
+    per_run, out = analyse_runs(paths, overrides, output, k, max_users, analyse_run)
     frame = pd.DataFrame([row for rows in per_run for row in rows])
     files = {"csv": out / "temporal.csv"}
     frame.to_csv(files["csv"], index=False)
