@@ -63,3 +63,34 @@ def test_tracker_threshold_from_item_token_table():
     lengths = torch.tensor([0, 3, 2])  # item 1's padding (index 2 of item 2) is not a token
     tracker = IGLossTracker.for_token_table("unused.csv", table, lengths, torch.tensor([0.0, 1.0, 5.0]))
     assert tracker.threshold == 2.0  # positives 1 (w 1), 9 (w 1), 2 (w 5): weighted lower median = 2
+
+
+def test_a_resumed_epoch_continues_its_sums_and_replaces_its_rows(tmp_path):
+    """Resume mid-epoch: the tracker's state carries the epoch's first tokens; a second flush of one
+    epoch (a run killed between the flush and its next checkpoint) replaces that epoch's rows."""
+    csv_path = tmp_path / "ig_loss.csv"
+    whole = IGLossTracker(tmp_path / "whole.csv", threshold=0.6)
+    whole.update(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.5]))
+    whole.update(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0]))
+    expected = whole.flush(0)
+
+    first = IGLossTracker(csv_path, threshold=0.6)
+    first.update(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.5]))
+    state = first.state()  # the mid-epoch checkpoint
+    assert state == {
+        "sums": {"zero": 1.0, "low": 2.0, "high": 0.0},
+        "counts": {"zero": 1, "low": 1, "high": 0},
+    }
+    resumed = IGLossTracker(csv_path, threshold=0.6)
+    resumed.load_state(state)
+    resumed.update(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0]))
+    assert resumed.flush(0) == expected == {"zero": 2.0, "low": 2.0, "high": 4.0}
+    assert csv_path.read_text() == (tmp_path / "whole.csv").read_text()
+
+    again = IGLossTracker(csv_path, threshold=0.6)
+    again.load_state(state)
+    again.update(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0]))
+    again.flush(0)  # the same epoch flushed twice
+    frame = pd.read_csv(csv_path)
+    assert len(frame) == 3 and frame["epoch"].tolist() == [0, 0, 0]
+    assert csv_path.read_text() == (tmp_path / "whole.csv").read_text()

@@ -265,6 +265,30 @@ def test_stop_signal_in_process_finishes_the_step_then_raises(workspace, referen
     _assert_same_weights(ref_dir / "best", run_dir / "best")
 
 
+def test_ig_loss_log_of_a_run_stopped_mid_epoch_equals_the_uninterrupted_log(workspace, monkeypatch):
+    """IGD §4.2.1's per-epoch log survives a stop in the middle of an epoch: same rows, same numbers."""
+    reference = _run_inprocess(workspace, monkeypatch, "ig-ref", log_ig_loss=True)
+    original = LLMTrainer._micro_step
+    calls = []
+
+    def micro_step(self, *args, **kwargs):
+        calls.append(self.global_step)
+        if len(calls) == 3:  # first micro-batch of step 2 of epoch 0 (3 steps per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LLMTrainer, "_micro_step", micro_step)
+    with pytest.raises(TrainingStopped):
+        _run_inprocess(workspace, monkeypatch, "ig-stop", log_ig_loss=True)
+    run_dir = _run_dir(workspace, "ig-stop")
+    assert _state(run_dir / "last")["ig_loss"]["counts"]["zero"] > 0  # the epoch's first steps, saved
+    monkeypatch.setattr(LLMTrainer, "_micro_step", original)
+    resumed = _run_inprocess(workspace, monkeypatch, "ig-stop", log_ig_loss=True, resume=str(run_dir))
+    assert resumed["test_result"] == reference["test_result"]
+    ref_log = (_run_dir(workspace, "ig-ref") / "ig_loss.csv").read_text()
+    assert (run_dir / "ig_loss.csv").read_text() == ref_log
+
+
 def test_resume_errors_name_the_fix(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"No resumable state.*run folder.*checkpoint_steps"):
         LLMTrainer.resume_folder(tmp_path)

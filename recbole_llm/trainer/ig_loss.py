@@ -9,10 +9,14 @@ training micro-batch; the IG statistics of titles (IGD Table 4, Fig. 1-3) are ``
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 import torch
+
+from recbole_llm.model.prompt import IGNORE_INDEX
+from recbole_llm.utils.io import write_text_atomic
 
 IG_GROUPS = ("zero", "low", "high")
 ZERO_TOL = 1e-9
@@ -102,24 +106,37 @@ class IGLossTracker:
 
     @torch.no_grad()
     def update_from_logits(self, logits: torch.Tensor, labels: torch.Tensor, token_ig: torch.Tensor) -> None:
-        """Per-token cross-entropy of target logits ``[T, V]`` and labels ``[T]`` (``-100`` ignored)."""
-        keep = labels != -100
+        """Per-token cross-entropy of target logits ``[T, V]`` and labels ``[T]`` (``IGNORE_INDEX`` ignored)."""
+        keep = labels != IGNORE_INDEX
         losses = torch.nn.functional.cross_entropy(
             logits[keep].detach().float(), labels[keep], reduction="none"
         )
         self.update(losses, token_ig.to(keep.device)[keep])
 
+    def state(self) -> dict[str, dict[str, float]]:
+        """The epoch's running sums and counts, for a resumable checkpoint taken mid-epoch."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_state(self, state: dict[str, dict[str, float]]) -> None:
+        """Continue an epoch from :meth:`state` (a resumed run logs the whole epoch, not its tail)."""
+        self._sums.update({g: float(v) for g, v in state["sums"].items()})
+        self._counts.update({g: int(v) for g, v in state["counts"].items()})
+
     def flush(self, epoch: int, tensorboard=None) -> dict[str, float]:
-        """Append this epoch's means to the CSV (and TensorBoard ``IG_loss/<group>``), then reset."""
+        """Write this epoch's means to the CSV (and TensorBoard ``IG_loss/<group>``), then reset.
+
+        Rows of ``epoch`` already in the CSV are replaced, not repeated: a run killed after the flush and
+        before its next checkpoint redoes the epoch's tail on resume and flushes the epoch again.
+        """
         means = {g: self._sums[g] / self._counts[g] if self._counts[g] else math.nan for g in IG_GROUPS}
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.csv_path.is_file()
-        with self.csv_path.open("a", newline="") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(["epoch", "group", "mean_loss", "tokens", "threshold"])
-            for g in IG_GROUPS:
-                writer.writerow([epoch, g, means[g], self._counts[g], self.threshold])
+        rows = [["epoch", "group", "mean_loss", "tokens", "threshold"]]
+        if self.csv_path.is_file():
+            with self.csv_path.open(newline="") as fh:
+                rows += [row for row in list(csv.reader(fh))[1:] if row and row[0] != str(epoch)]
+        rows += [[epoch, g, means[g], self._counts[g], self.threshold] for g in IG_GROUPS]
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(rows)
+        write_text_atomic(self.csv_path, text.getvalue())
         writer_tb = tensorboard or self.tensorboard
         if writer_tb is not None:
             for g in IG_GROUPS:

@@ -368,6 +368,10 @@ class LLMTrainer(ResumableTraining, Trainer):
             model.popularity,
             tensorboard=self.tensorboard,
         )
+        resumed = getattr(self, "_resume_ig_loss", None)
+        if resumed:  # a run resumed mid-epoch: the epoch's tokens before the checkpoint count too
+            model.ig_loss_tracker.load_state(resumed)
+            self._resume_ig_loss = None
 
     def _flush_ig_loss(self, epoch_idx: int, verbose: bool) -> None:
         tracker = getattr(self.unwrapped, "ig_loss_tracker", None)

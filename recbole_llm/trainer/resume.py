@@ -116,6 +116,7 @@ class ResumableTraining:
                     "best_valid_result": self.best_valid_result,
                     "train_loss_dict": {str(k): v for k, v in self.train_loss_dict.items()},
                     "epoch_sums": self._epoch_sums if mid_epoch else empty_epoch_sums(),
+                    "ig_loss": self._ig_loss_state() if mid_epoch else None,
                     "world_size": acc.num_processes,
                 },
             )
@@ -170,11 +171,16 @@ class ResumableTraining:
         self.best_valid_score = float(state["best_valid_score"])
         self.best_valid_result = state.get("best_valid_result")
         self.train_loss_dict = {int(k): v for k, v in (state.get("train_loss_dict") or {}).items()}
+        self._resume_ig_loss = state.get("ig_loss")  # applied when fit() sets up the IG-loss log
         sums = state.get("epoch_sums") or {}
         self._epoch_sums = {
             "sums": dict(sums.get("sums") or {}),
             "weight_sums": dict(sums.get("weight_sums") or {}),
         }
+
+    def _ig_loss_state(self) -> dict[str, Any] | None:
+        tracker = getattr(self.unwrapped, "ig_loss_tracker", None)
+        return None if tracker is None else tracker.state()
 
     @contextlib.contextmanager
     def _stop_signals_handled(self) -> Iterator[None]:
