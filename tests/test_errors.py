@@ -237,6 +237,7 @@ def test_max_length_too_small(data, tiny_model_path):
         ({"valid_metric": "NDCG@20"}, r"valid_metric='NDCG@20' is neither 'loss' nor one of.*ndcg@10"),
         ({"decoder": "bigrec", "bigrec_rank": "l1"}, r"bigrec_rank='l1': choose one of bigrec, cft"),
         ({"decoder": "bigrec", "bigrec_generations": 0}, r"bigrec_generations=0 must be >= 1"),
+        ({"decoder": "bigrec", "ensemble_weight": 5.0}, r"ensemble_weight=5\.0 must be in \[0, 1\]"),
         ({"ensemble_weight": 1.5}, r"ensemble_weight=1\.5 must be in \[0, 1\]"),
         ({"ensemble_weight": 0.5}, r"ensemble_weight < 1 needs ensemble_checkpoint.*SASRec"),
         (

@@ -87,6 +87,11 @@ class DecodingSettings:
             raise ValueError(f"trie_items={self.trie_items!r}: use 'all' or 'train_targets'.")
         if self.decode_batch_size < 1:
             raise ValueError(f"decode_batch_size={self.decode_batch_size} must be >= 1.")
+        if not 0.0 <= self.ensemble_weight <= 1.0:  # any decoder: a value out of range is a typo, not a no-op
+            raise ValueError(
+                f"ensemble_weight={self.ensemble_weight} must be in [0, 1] (1 = the LLM alone, as without an "
+                "ensemble)."
+            )
         if self.decoder == "bigrec":
             if self.bigrec_generations < 1:
                 raise ValueError(
@@ -98,11 +103,6 @@ class DecodingSettings:
                     f"bigrec_rank={self.bigrec_rank!r}: choose one of {', '.join(GROUNDING_RULES)}."
                 )
             return
-        if not 0.0 <= self.ensemble_weight <= 1.0:
-            raise ValueError(
-                f"ensemble_weight={self.ensemble_weight} must be in [0, 1] (1 = the LLM alone, as without an "
-                "ensemble)."
-            )
         if self.uses_ensemble and not self.ensemble_checkpoint:
             raise ValueError(MISSING_ENSEMBLE_CHECKPOINT)
 
