@@ -14,8 +14,10 @@ from pathlib import Path
 import yaml
 from recbole.config import Config as RecBoleConfig
 
+from recbole_llm.data.prepare import split_data_root
+from recbole_llm.data.protocol import check_split_protocol
 from recbole_llm.model import get_model
-from recbole_llm.utils.config_access import parse_value
+from recbole_llm.utils.config_access import check_exclude_history, parse_value
 
 PROPERTIES_DIR = Path(
     os.environ.get("RECBOLE_LLM_PROPERTIES", Path(__file__).resolve().parent.parent / "properties")
@@ -90,7 +92,13 @@ class Config(RecBoleConfig):
         # RecBole hard-wires ``ml-100k`` to its bundled raw copy; we always read the prepared split.
         data_root = self.external_config_dict.get("data_path", self.internal_config_dict.get("data_path"))
         self.final_config_dict["data_root"] = data_root
-        self.final_config_dict["data_path"] = os.path.join(data_root, self.dataset)
+        # leave_one_out datasets live beside the global-time ones, in <data_root>/leave_one_out/<name>/.
+        split = check_split_protocol(self.final_config_dict.get("split_protocol") or "global_time")
+        self.final_config_dict["split_protocol"] = split
+        self.final_config_dict["data_path"] = os.path.join(split_data_root(data_root, split), self.dataset)
+        self.final_config_dict["exclude_history"] = check_exclude_history(
+            self.final_config_dict.get("exclude_history", False)
+        )
         # RecBole derives valid_metric_bigger from the metric's name and knows no "loss" metric.
         if str(self.final_config_dict.get("valid_metric", "")).lower() == "loss":
             self.final_config_dict["valid_metric_bigger"] = False

@@ -254,6 +254,7 @@ EVALUATION_KEYS = frozenset(
     {
         "topk",
         "metrics",
+        "exclude_history",
         "eval_batch_size",
         "eval_sample_num",
         "mixed_precision",

@@ -71,6 +71,8 @@ def _rank_with_scores(model, trained: Trained, items: list[int], k: int) -> list
     import torch
     from recbole.data.interaction import Interaction
 
+    from recbole_llm.model.decoding.items import mask_history_scores  # deferred: torch-free CLI start
+
     config = trained.config
     width = config["MAX_ITEM_LIST_LENGTH"]
     items = items[-width:]
@@ -86,6 +88,8 @@ def _rank_with_scores(model, trained: Trained, items: list[int], k: int) -> list
     with torch.no_grad():
         scores = model.full_sort_predict(inter).view(1, -1)
     scores[:, 0] = -float("inf")
+    if config["exclude_history"]:
+        scores = mask_history_scores(scores, seq.to(scores.device))
     return torch.topk(scores, k, dim=1).indices[0].tolist()
 
 

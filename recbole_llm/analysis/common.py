@@ -18,6 +18,7 @@ import torch
 from recbole_llm.analysis.params import Count, Folder, Overrides, Runs
 from recbole_llm.data.dataset import histories_of
 from recbole_llm.model import is_generative
+from recbole_llm.model.decoding.items import mask_history_scores
 from recbole_llm.quick_start import load_trained
 from recbole_llm.reporting.labels import labels_for
 from recbole_llm.trainer.evaluation import evaluate_ranked
@@ -34,13 +35,16 @@ class Run(NamedTuple):
 
 
 @torch.no_grad()
-def rank_items(model, interaction, k: int, without_history: bool = False) -> torch.Tensor:
+def rank_items(
+    model, interaction, k: int, without_history: bool = False, exclude_history: bool = False
+) -> torch.Tensor:
     """Top-``k`` internal item ids ``[B, k]`` (CPU, ``-1`` pads short lists) for any sequential model.
 
     LLMGenRec decodes (``recommend_histories``) under the run's own autocast (:func:`decoding_precision`);
     RecBole baselines score the catalogue with
     ``full_sort_predict`` and take the top-k with the padding item 0 excluded, exactly as RecBole's
-    full-sort evaluation does.
+    full-sort evaluation does (and, with ``exclude_history``, the sample's history items too, as the
+    trainer's evaluation; LLMGenRec reads its own ``exclude_history`` from the run's config).
     """
     if is_generative(model):
         histories = histories_of(interaction, model.ITEM_SEQ, model.ITEM_SEQ_LEN)
@@ -57,6 +61,8 @@ def rank_items(model, interaction, k: int, without_history: bool = False) -> tor
         )
     scores = model.full_sort_predict(interaction).float().view(len(interaction[model.ITEM_SEQ]), -1).clone()
     scores[:, 0] = float("-inf")
+    if exclude_history:
+        scores = mask_history_scores(scores, interaction[model.ITEM_SEQ])
     k_eff = min(k, scores.shape[1] - 1)
     ranked = torch.topk(scores, k_eff, dim=1).indices.cpu()
     if k_eff < k:

@@ -14,8 +14,10 @@ from recbole_llm.data.prepare import (
     parameter_differences,
     prepare_command,
     prepare_dataset,
+    split_data_root,
     summary_table,
 )
+from recbole_llm.data.protocol import SPLIT_PROTOCOLS
 
 
 def _optional_date(value: str) -> str | None:
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("--min-items", type=int, help="move the window start back while fewer items remain")
     proto.add_argument("--sample-users", type=float, default=argparse.SUPPRESS, help="fraction (<1) or count")
     proto.add_argument("--seed", type=int)
+    proto.add_argument(
+        "--split",
+        choices=SPLIT_PROTOCOLS,
+        default=None,
+        help="global_time (default: D3's chronological 8:1:1) or leave_one_out (written to <data-path>/leave_one_out/)",
+    )
     p.add_argument("--force", action="store_true", help="prepare again even if already prepared")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -77,20 +85,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     overrides = {
         k: getattr(args, k)
-        for k in ("max_history", "min_history", "kcore", "start", "end", "min_items", "sample_users", "seed")
+        for k in (
+            "max_history",
+            "min_history",
+            "kcore",
+            "start",
+            "end",
+            "min_items",
+            "sample_users",
+            "seed",
+            "split",
+        )
         if hasattr(args, k) and (getattr(args, k) is not None or k in ("start", "end"))
     }
-    if is_prepared(args.name, args.data_path) and not args.force:
-        differ = parameter_differences(args.name, args.data_path, overrides)
+    root = split_data_root(args.data_path, args.split or "global_time")
+    if is_prepared(args.name, root) and not args.force:
+        differ = parameter_differences(args.name, root, overrides)
         if differ:
             print(
-                f"error: {args.name} is already prepared in {args.data_path}/{args.name} with other parameters "
+                f"error: {args.name} is already prepared in {root}/{args.name} with other parameters "
                 f"(prepared, requested): {differ}. Add --force to prepare it again.",
                 file=sys.stderr,
             )
             return 2
-        print(f"{args.name} is already prepared in {args.data_path}/{args.name} (use --force to redo it).")
-        print(summary_table([load_metadata(args.name, args.data_path)]))
+        print(f"{args.name} is already prepared in {root}/{args.name} (use --force to redo it).")
+        print(summary_table([load_metadata(args.name, root)]))
         return 0
     try:
         meta = prepare_dataset(
@@ -105,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"prepared {args.name} in {args.data_path}/{args.name}")
+    print(f"prepared {args.name} in {root}/{args.name}")
     print(summary_table([meta]))
     return 0
 

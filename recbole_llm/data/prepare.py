@@ -23,11 +23,14 @@ import pandas as pd
 from recbole_llm.data import converters as conv
 from recbole_llm.data.protocol import (
     build_samples,
+    check_split_protocol,
     chrono_split,
     count_shared_titles,
     format_timestamp,
     kcore_filter,
+    leave_one_out_split,
     make_tokens,
+    SPLIT_PROTOCOLS,
     sample_users,
     to_timestamp,
     window_and_kcore,
@@ -56,6 +59,7 @@ class ProtocolParams:
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     sample_users: float | None = None
     seed: int = 2024
+    split: str = "global_time"  # global_time (D3: chronological 8:1:1) | leave_one_out (per user)
 
 
 AMAZON_PARAMS = ProtocolParams(start="2017-10-01", end="2018-11-01", min_items=10_000)
@@ -173,6 +177,14 @@ def get_spec(name: str) -> DatasetSpec:
     return KNOWN_DATASETS[name]
 
 
+def split_data_root(data_root: str | os.PathLike, split: str = "global_time") -> Path:
+    """Where datasets prepared with ``split`` live: ``data_root`` itself for D3's global-time split (today's
+    layout), ``data_root/leave_one_out`` for leave-one-out, so both splits of a dataset coexist and
+    switching ``split_protocol`` never re-prepares (or overwrites) the other one."""
+    split = check_split_protocol(split)
+    return Path(data_root) if split == "global_time" else Path(data_root) / split
+
+
 def dataset_dir(name: str, data_path: str | os.PathLike = DEFAULT_DATA_PATH) -> Path:
     return Path(data_path) / name
 
@@ -201,12 +213,16 @@ def load_metadata(name: str, data_path: str | os.PathLike = DEFAULT_DATA_PATH) -
     return json.loads(dataset_files(name, data_path)["json"].read_text(encoding="utf-8"))
 
 
-def prepare_command(name: str, data_path: str | os.PathLike = DEFAULT_DATA_PATH) -> str:
+def prepare_command(
+    name: str, data_path: str | os.PathLike = DEFAULT_DATA_PATH, split: str = "global_time"
+) -> str:
     """The shell command that prepares ``name`` (with the raw file names it expects)."""
     spec = get_spec(name)
     cmd = f"python -m recbole_llm.data prepare {name}"
     if str(data_path) != DEFAULT_DATA_PATH:
         cmd += f" --data-path {data_path}"
+    if split != "global_time":
+        cmd += f" --split {split}"
     if spec.embedded is not None:
         return cmd
     args = " ".join(f"{_ROLE_FLAGS[role]} {names[0]}" for role, names in spec.raw_files.items())
@@ -217,7 +233,9 @@ def parameter_differences(
     name: str, data_path: str | os.PathLike, overrides: Mapping[str, object]
 ) -> dict[str, tuple[object, object]]:
     """``{option: (prepared value, requested value)}`` for requested protocol options that differ."""
-    used = load_metadata(name, data_path).get("protocol", {})
+    used = dict(load_metadata(name, data_path).get("protocol", {}))
+    if used.get("split") not in SPLIT_PROTOCOLS:  # prepared before `split` existed: its text described D3's
+        used["split"] = "global_time"
     out = {}
     for k, v in overrides.items():
         want = list(v) if isinstance(v, tuple) else v
@@ -240,23 +258,25 @@ def ensure_prepared(
     ``FileNotFoundError`` naming the command to run and the raw files it needs. An existing dataset
     prepared with other values of the given ``overrides`` raises ``ValueError`` rather than being reused.
     """
-    if is_prepared(name, data_path):
-        differ = parameter_differences(name, data_path, overrides)
+    split = check_split_protocol(overrides.get("split", "global_time"))
+    root = split_data_root(data_path, split)
+    if is_prepared(name, root):
+        differ = parameter_differences(name, root, overrides)
         if differ:
             raise ValueError(
-                f"{dataset_dir(name, data_path)} was prepared with other parameters (prepared, requested): "
-                f"{differ}. Re-run: {prepare_command(name, data_path)} --force with the options you want."
+                f"{dataset_dir(name, root)} was prepared with other parameters (prepared, requested): "
+                f"{differ}. Re-run: {prepare_command(name, data_path, split)} --force with the options you want."
             )
-        return dataset_dir(name, data_path)
+        return dataset_dir(name, root)
     spec = get_spec(name)
     raw_dir = Path(data_path) / "raw" / name
     if spec.embedded is not None or _find_raw_files(spec, raw_dir):
         prepare_dataset(name, data_path, progress=progress, **overrides)
-        return dataset_dir(name, data_path)
+        return dataset_dir(name, root)
     needed = ", ".join(" or ".join(names[:2]) for names in spec.raw_files.values())
     raise FileNotFoundError(
-        f"Dataset {name!r} is not prepared in {dataset_dir(name, data_path)} (no {name}.json). "
-        f"Download {needed} from {spec.url} and run:\n  {prepare_command(name, data_path)}\n"
+        f"Dataset {name!r} is not prepared in {dataset_dir(name, root)} (no {name}.json). "
+        f"Download {needed} from {spec.url} and run:\n  {prepare_command(name, data_path, split)}\n"
         f"(or put the raw files in {raw_dir}/ and run: python -m recbole_llm.data prepare {name}"
         f"{'' if str(data_path) == DEFAULT_DATA_PATH else f' --data-path {data_path}'})"
     )
@@ -313,7 +333,10 @@ def run_protocol(raw: conv.RawData, params: ProtocolParams) -> Prepared:
         )
     # Users without a sample (possible only when min_history >= kcore) are not part of the dataset.
     inter = inter[inter["user_id"].isin(set(samples["user_id"]))].reset_index(drop=True)
-    train, valid, test = chrono_split(samples, params.ratios)
+    if check_split_protocol(params.split) == "leave_one_out":
+        train, valid, test = leave_one_out_split(samples)
+    else:
+        train, valid, test = chrono_split(samples, params.ratios)
     # Every item of a user with a sample is a target or in a history (max_history >= min_history), so the
     # items of the samples are those of the kept interactions; listed in first-appearance order.
     item_ids = list(pd.unique(inter["item_id"]))
@@ -476,6 +499,7 @@ def prepare_dataset(
 
     ``overrides`` are :class:`ProtocolParams` fields (``kcore=2``, ``start=None``...). A ``None`` value
     for ``start``/``end``/``sample_users`` disables it; other ``None`` values mean "keep the default".
+    ``split="leave_one_out"`` writes to ``<data_path>/leave_one_out/<name>/`` (:func:`split_data_root`).
     """
     spec = get_spec(name)
     fields = set(ProtocolParams.__dataclass_fields__)
@@ -488,6 +512,7 @@ def prepare_dataset(
     end = to_timestamp(params.end) if params.end is not None else None
     raw = read_raw(name, files, raw_dir, wheel=wheel, end=end, progress=progress, data_path=data_path)
     prepared = run_protocol(raw, params)
+    root = split_data_root(data_path, params.split)  # leave_one_out: <data_path>/leave_one_out/<name>/
     seconds = time.perf_counter() - t0
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -501,15 +526,20 @@ def prepare_dataset(
             "(Amazon only), >= 2 characters, <= 20 words; applied before the k-core",
             "window": "start <= timestamp <= end, UTC; start moves back a year while items < min_items",
             "sample_order": "per user by (timestamp, raw file order)",
-            "split": "global sort by (target timestamp, user first appearance, position); "
-            "n_train = floor(n*r0), n_valid = floor(n*(r0+r1)) - n_train, rest test",
+            "split_rule": (
+                "global sort by (target timestamp, user first appearance, position); "
+                "n_train = floor(n*r0), n_valid = floor(n*(r0+r1)) - n_train, rest test"
+                if params.split == "global_time"
+                else "per user: last sample (by position) to test, second-last to valid, rest train; "
+                "users with < 3 samples all train; ratios unused"
+            ),
         },
         **prepared.info,
-        "files": {k: p.name for k, p in dataset_files(name, data_path).items()},
+        "files": {k: p.name for k, p in dataset_files(name, root).items()},
         "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "prepare_seconds": round(seconds, 2),
     }
-    write_dataset(prepared, name, data_path, metadata)
+    write_dataset(prepared, name, root, metadata)
     return metadata
 
 

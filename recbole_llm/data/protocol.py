@@ -328,3 +328,39 @@ def chrono_split(
         ordered.iloc[n_train : n_train + n_valid].reset_index(drop=True),
         ordered.iloc[n_train + n_valid :].reset_index(drop=True),
     )
+
+
+SPLIT_PROTOCOLS = ("global_time", "leave_one_out")
+
+
+def check_split_protocol(split: object) -> str:
+    """The one validation of ``split_protocol`` (config key and ``prepare --split``)."""
+    if split not in SPLIT_PROTOCOLS:
+        raise ValueError(
+            f"split_protocol={split!r} is unknown: use global_time (D3's chronological 8:1:1 cut, the default) "
+            "or leave_one_out (each user's last sample to test, second-last to validation)."
+        )
+    return str(split)
+
+
+def leave_one_out_split(samples: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Leave-one-out split (RecBole's sequential setting, LC-Rec, TIGER): per user, the sample with the last
+    target goes to test, the second-last to validation, the rest to train.
+
+    "Last" is the target's ``position`` in the user's time-ordered sequence (:func:`build_samples`), so ties
+    in timestamps follow the raw-file order as everywhere else. A user with fewer than 3 samples keeps them
+    all in train (a validation and a test sample would leave no training sample). Each split is in the
+    global order of :func:`chrono_split` (target time, user's first appearance, position).
+    """
+    keys = [samples["timestamp"].to_numpy(dtype=np.float64)]
+    tie = [samples[c].to_numpy() for c in ("position", "user_order") if c in samples]
+    ordered = samples.iloc[np.lexsort(tuple(tie) + tuple(keys))].reset_index(drop=True)
+    users = ordered["user_id"].astype(str)
+    # rank 0 = the user's last target, 1 = second-last (by position in the user's sequence)
+    rank_from_end = ordered.groupby(users, sort=False)["position"].rank(method="first", ascending=False) - 1
+    n_user = users.map(users.value_counts()).to_numpy()
+    enough = n_user >= 3
+    test = enough & (rank_from_end.to_numpy() == 0)
+    valid = enough & (rank_from_end.to_numpy() == 1)
+    train = ~(test | valid)
+    return tuple(ordered[m].reset_index(drop=True) for m in (train, valid, test))  # type: ignore[return-value]

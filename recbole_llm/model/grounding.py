@@ -36,8 +36,12 @@ def l2_ground(
     *,
     chunk_size: int = 8192,
     compute_dtype: torch.dtype = torch.float32,
+    exclude: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The ``k`` nearest items of each generated embedding: ``(indices [G, k], L2 distances [G, k])``.
+
+    ``exclude [G, N]`` (bool) puts those items at distance ``inf``: they come last, after every other item
+    (``exclude_history``; callers drop them by their infinite distance).
 
     Processes items in chunks of ``chunk_size`` (memory ``G × chunk``; never ``G × N × H``) with
     ``‖a‖² − 2a·b + ‖b‖²`` clamped at 0. Sorting is stable and earlier chunks come first in every merge,
@@ -61,6 +65,8 @@ def l2_ground(
     for start in range(0, n_items, chunk_size):
         b = item_emb[start : start + chunk_size].to(device=a.device, dtype=compute_dtype)
         dist = (a_sq - 2.0 * (a @ b.T) + (b * b).sum(-1)[None, :]).clamp_(min=0.0)
+        if exclude is not None:
+            dist.masked_fill_(exclude[:, start : start + chunk_size].to(dist.device), float("inf"))
         d_sorted, idx = torch.sort(dist, dim=1, stable=True)
         take = min(k, b.shape[0])
         merged_d = torch.cat([best_d, d_sorted[:, :take]], dim=1)
@@ -87,8 +93,12 @@ def bigrec_rank(
     rule: str = "cft",
     chunk_size: int = 8192,
     compute_dtype: torch.dtype = torch.float32,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """Top-``topk`` item indices ``[B, topk]`` (best first) from generation embeddings ``[B, R, H]``.
+
+    ``exclude [B, N]`` (bool, rows of ``item_emb``): items never ranked, masked in the distances before
+    the ranking rule (``exclude_history``); ``-1`` pads a list when fewer items remain.
 
     ``rule="bigrec"`` uses generation 0 only; ``rule="cft"`` interleaves the r-th best matches of all R
     generations rank-major and de-duplicates (module docstring). ``topk`` is capped at the item count.
@@ -103,18 +113,30 @@ def bigrec_rank(
     if k < 1 or n_gen < 1:
         raise ValueError(f"need topk >= 1 and at least one generation, got topk={topk}, R={n_gen}")
     if rule == "bigrec":
-        idx, _ = l2_ground(gen_emb[:, 0], item_emb, k, chunk_size=chunk_size, compute_dtype=compute_dtype)
-        return idx
+        idx, dist = l2_ground(
+            gen_emb[:, 0], item_emb, k, chunk_size=chunk_size, compute_dtype=compute_dtype, exclude=exclude
+        )
+        return idx if exclude is None else torch.where(torch.isinf(dist), -1, idx)
     # k ranks per generation always suffice: generation 0 alone yields k distinct items.
-    idx, _ = l2_ground(
-        gen_emb.reshape(-1, hidden), item_emb, k, chunk_size=chunk_size, compute_dtype=compute_dtype
+    gen_exclude = None if exclude is None else exclude.repeat_interleave(n_gen, 0)
+    idx, dist = l2_ground(
+        gen_emb.reshape(-1, hidden),
+        item_emb,
+        k,
+        chunk_size=chunk_size,
+        compute_dtype=compute_dtype,
+        exclude=gen_exclude,
     )
+    if exclude is not None:
+        idx = torch.where(torch.isinf(dist), -1, idx)
     candidates = idx.reshape(batch, n_gen, k).transpose(1, 2).reshape(batch, k * n_gen)  # rank-major
     is_first, _ = dedup_first(candidates)
+    is_first = is_first & (candidates >= 0)
     position = torch.arange(candidates.shape[1], device=candidates.device).expand_as(candidates)
     key = position + (~is_first).long() * candidates.shape[1]  # unique items first, in list order
     keep = torch.sort(key, dim=1).indices[:, :k]
-    return candidates.gather(1, keep)
+    ranked = candidates.gather(1, keep)
+    return ranked if exclude is None else torch.where(is_first.gather(1, keep), ranked, -1)
 
 
 @torch.no_grad()
@@ -223,10 +245,11 @@ def ground_generations(
     max_new_tokens: int,
     pad_token_id: int,
     eos_token_id: int,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """BIGRec's decoder: free beam search, then L2 grounding of each generation to every item title.
 
-    Returns rows of ``item_emb`` ``[U, k]``, best first. ``rule="cft"`` grounds :data:`CFT_GENERATIONS`
+    Returns rows of ``item_emb`` ``[U, k]``, best first (``-1`` where ``exclude [U, N]`` left too few). ``rule="cft"`` grounds :data:`CFT_GENERATIONS`
     generations whatever ``n_gen`` says (CFT §4.1.4).
     """
     if rule == "cft":
@@ -235,4 +258,4 @@ def ground_generations(
     gen_emb = embed_token_sequences(
         model, [g for row in generations for g in row], pad_token_id=pad_token_id
     ).view(len(prompts), n_gen, -1)
-    return bigrec_rank(gen_emb, item_emb, k, rule=rule)
+    return bigrec_rank(gen_emb, item_emb, k, rule=rule, exclude=exclude)

@@ -26,6 +26,7 @@ from recbole_llm.model.decoding import (
     configured_scorers,
     constrained_beam_search,
     fill_by_popularity,
+    history_mask,
     leaves_to_items,
     ranking_to_scores,
 )
@@ -56,6 +57,8 @@ class LLMGenRec(SequentialRecommender):
         self.config = config
         self.objective = build_objective(config)
         self.decoding = DecodingSettings.from_config(config, self.objective)  # validated once, here
+        # exclude_history (overall.yaml, validated by Config): never recommend an item of the history.
+        self.exclude_history = bool(config["exclude_history"]) if "exclude_history" in config else False
         self.extra_scorers = configured_scorers(
             config
         )  # beam scorers of your own that the config switches on
@@ -226,8 +229,9 @@ class LLMGenRec(SequentialRecommender):
         cf = True if without_history else None
         prompts = self.prompts.prompt_ids_batch(histories, counterfactual=cf)
         settings = self.decoding
+        exclude = history_mask(histories, self.n_items) if self.exclude_history else None
         if settings.decoder == "bigrec":
-            ranked = self._bigrec_rank(prompts, k)
+            ranked = self._bigrec_rank(prompts, k, exclude)
         else:
             item_index = None
             if self.temporal is not None:
@@ -243,10 +247,11 @@ class LLMGenRec(SequentialRecommender):
                 prompt_item_index=item_index,
                 embed_fn=self._embed if self.temporal is not None else None,
                 scorers=build_scorers(settings, ensemble, self.extra_scorers),
+                exclude_items=histories if self.exclude_history else None,
             )
-            ranked = leaves_to_items(self.trie, leaves, k)
+            ranked = leaves_to_items(self.trie, leaves, k, exclude=exclude)
         if settings.fill == "popularity":
-            ranked = fill_by_popularity(ranked, self._fill_order)
+            ranked = fill_by_popularity(ranked, self._fill_order, exclude)
         return ranked
 
     def hyper_parameters(self) -> dict[str, Any]:
@@ -281,6 +286,8 @@ class LLMGenRec(SequentialRecommender):
         inter = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
         scores = model.full_sort_predict(inter).view(len(histories), -1).float()
         scores[:, 0] = -float("inf")
+        if self.exclude_history:  # the guidance's mass only over the items the search may still return
+            scores = scores.masked_fill(history_mask(histories, scores.shape[1], scores.device), -float("inf"))
         return torch.softmax(scores, dim=-1)
 
     _ensemble_model = None
@@ -294,8 +301,11 @@ class LLMGenRec(SequentialRecommender):
         """
         object.__setattr__(self, "_ensemble_model", model.requires_grad_(False).eval())
 
-    def _bigrec_rank(self, prompts: list[list[int]], k: int) -> torch.Tensor:
-        """BIGRec: free beam search, then L2 grounding of each generation to every item title."""
+    def _bigrec_rank(
+        self, prompts: list[list[int]], k: int, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """BIGRec: free beam search, then L2 grounding of each generation to every item title
+        (``exclude [U, n_items]``: items masked at grounding time, ``exclude_history``)."""
         ranked = ground_generations(
             self.llm,
             prompts,
@@ -306,8 +316,9 @@ class LLMGenRec(SequentialRecommender):
             max_new_tokens=self.trie.max_depth,
             pad_token_id=self.prompts.pad_token_id,
             eos_token_id=self.prompts.eos_token_id,
+            exclude=None if exclude is None else exclude[:, 1:],
         )
-        return (ranked + 1).cpu()  # row 0 of the title table = item 1
+        return torch.where(ranked >= 0, ranked + 1, -1).cpu()  # row 0 of the title table = item 1
 
     def _title_embeddings(self) -> torch.Tensor:
         """Last-layer, last-token hidden state of every item title (cached until the weights change)."""

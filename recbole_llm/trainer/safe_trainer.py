@@ -11,6 +11,7 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_llm.model.decoding.items import mask_history_scores
 from recbole_llm.utils.checkpoint import safe_torch_load
 from recbole_llm.utils.io import atomic_write
 from recbole_llm.utils.results import jsonable
@@ -51,6 +52,14 @@ class SafeTrainer(Trainer):
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def _full_sort_batch_eval(self, batched_data):
+        """RecBole's full-sort scores; with ``exclude_history`` every item of the sample's history gets
+        ``-inf`` (RecBole masks nothing for sequential data: its ``history_index`` is None there)."""
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.config["exclude_history"]:
+            scores = mask_history_scores(scores, interaction[self.model.ITEM_SEQ])
+        return interaction, scores, positive_u, positive_i
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):

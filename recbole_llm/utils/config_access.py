@@ -49,3 +49,15 @@ def parse_value(text: str) -> Any:
         elif "," not in stripped:
             return text
         return [parse_value(part.strip()) for part in stripped.split(",") if part.strip()]
+
+
+def check_exclude_history(value: Any) -> bool:
+    """The one validation of ``exclude_history`` (every model): a boolean, ``~`` meaning off."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"exclude_history={value!r} must be True or False (True: never recommend an item of the sample's "
+            "history, as CFT §4.1.2 and CETRec §5.1.2 evaluate; False: RecBole's sequential default)."
+        )
+    return value

@@ -24,6 +24,8 @@ _HOMES = {
     "scorer_keys": "scorers",
     "constrained_beam_search": "search",
     "fill_by_popularity": "items",
+    "history_mask": "items",
+    "mask_history_scores": "items",
     "leaves_to_items": "items",
     "ranking_to_scores": "items",
 }

@@ -6,19 +6,43 @@ ties broken by training popularity, then item id, so rankings are deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from recbole_llm.model.trie import TitleTrie
 
 
+def history_mask(histories: Sequence[Sequence[int]], n_ids: int, device=None) -> torch.Tensor:
+    """``[U, n_ids]`` bool, True at the items of each history (``exclude_history``); ids >= ``n_ids`` ignored."""
+    rows = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(h) for h in histories]))
+    cols = torch.tensor([i for h in histories for i in h], dtype=torch.long)
+    keep = (cols >= 0) & (cols < n_ids)
+    mask = torch.zeros(len(histories), n_ids, dtype=torch.bool)
+    mask[rows[keep], cols[keep]] = True
+    return mask if device is None else mask.to(device)
+
+
+def mask_history_scores(scores: torch.Tensor, item_seq: torch.Tensor) -> torch.Tensor:
+    """Full-sort scores ``[B, n_items]`` with ``-inf`` at every item of each row's history ``item_seq [B, L]``
+    (padding id 0 included, which RecBole masks anyway): ``exclude_history`` for RecBole's baselines, whose
+    sequential full-sort evaluation masks nothing (its ``history_index`` is None for sequential data)."""
+    return scores.scatter(1, item_seq.to(scores.device).long(), float("-inf"))
+
+
 def leaves_to_items(
-    trie: TitleTrie, leaf_ids: torch.Tensor, k: int | None = None, tie_break: str = "weight"
+    trie: TitleTrie,
+    leaf_ids: torch.Tensor,
+    k: int | None = None,
+    tie_break: str = "weight",
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Expand ranked leaves ``[U, B]`` to ranked item ids ``[U, k]`` (-1 padded).
 
     A leaf shared by several items (duplicate titles) contributes all of them consecutively, in the trie's
     order: ``tie_break="weight"`` = descending item weight (training popularity), then ascending item id;
-    ``"id"`` = ascending item id. ``k`` defaults to ``B``.
+    ``"id"`` = ascending item id. ``k`` defaults to ``B``. ``exclude [U, n_ids]`` (bool, :func:`history_mask`)
+    drops those items: a title shared by a history item and another item yields only the other one.
     """
     if tie_break not in ("weight", "id"):
         raise ValueError(f"tie_break must be 'weight' or 'id', got {tie_break!r}.")
@@ -38,6 +62,11 @@ def leaves_to_items(
     pos = (ptr[safe][..., None] + offs).clamp_max(max(items.shape[0] - 1, 0))
     flat = torch.where(ok, items[pos], torch.full_like(pos, -1)).reshape(leaf_ids.shape[0], -1)
     okf = ok.reshape(leaf_ids.shape[0], -1)
+    if exclude is not None:
+        exclude = exclude.cpu()
+        in_range = (flat >= 0) & (flat < exclude.shape[1])
+        banned = exclude.gather(1, torch.where(in_range, flat, torch.zeros_like(flat))) & in_range
+        okf = okf & ~banned
     keep = torch.argsort((~okf).to(torch.int8), dim=1, stable=True)[:, :k]
     res = torch.where(okf.gather(1, keep), flat.gather(1, keep), torch.full_like(keep, -1))
     if res.shape[1] < k:
@@ -45,14 +74,19 @@ def leaves_to_items(
     return res
 
 
-def fill_by_popularity(ranked: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Replace ``-1`` slots by the most popular training targets not already in the list (deterministic)."""
+def fill_by_popularity(
+    ranked: torch.Tensor, order: torch.Tensor, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Replace ``-1`` slots by the most popular training targets not already in the list (deterministic),
+    never by an item that ``exclude [U, n_ids]`` marks (``exclude_history``)."""
     out = ranked.clone()
     for row in range(out.shape[0]):
         missing = int((out[row] < 0).sum())
         if not missing:
             continue
         present = set(out[row][out[row] >= 0].tolist())
+        if exclude is not None:
+            present |= set(torch.nonzero(exclude[row]).view(-1).tolist())
         extra = [i for i in order[: missing + len(present)].tolist() if i not in present][:missing]
         out[row, out.shape[1] - missing :] = torch.tensor(extra, dtype=out.dtype)
     return out

@@ -97,6 +97,7 @@ def constrained_beam_search(
     embed_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     share_prompt_prefix: bool = True,
     scorers: Sequence[BeamScorer] | None = None,
+    exclude_items: Sequence[Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank the titles of ``trie`` for each prompt; returns ``(leaf_ids [U, K], scores [U, K])`` on CPU.
 
@@ -114,6 +115,10 @@ def constrained_beam_search(
     belong to no history item, so later steps embed normally.
     ``scorers``: the changes to beam scores (:mod:`.scorers`), in the order they apply, instead of the knobs
     ``length_penalty``, ``ig_alpha``, ``ensemble`` and ``ensemble_weight`` (which build the papers' scorers).
+    ``exclude_items`` (one list of item ids per prompt, ``exclude_history``): a trie edge is allowed only
+    while some item under it is not excluded (:func:`allowed_item_cumsum`), so no beam is spent on a title
+    whose items are all excluded; a title shared with a non-excluded item stays reachable (drop the excluded
+    items from it with ``leaves_to_items(..., exclude=...)``).
     """
     if scorers is None:
         scorers = compose_scorers(length_penalty, ig_alpha, ensemble, ensemble_weight)
@@ -133,6 +138,8 @@ def constrained_beam_search(
         )
     if prompt_item_index is not None and len(prompt_item_index) != len(prompts):
         raise ValueError("prompt_item_index needs one list per prompt (aligned with its tokens).")
+    if exclude_items is not None and len(exclude_items) != len(prompts):
+        raise ValueError("exclude_items needs one list of item ids per prompt (e.g. its history).")
     device = weights_device(model)
     t = trie.to(device)
     max_new = int(max_new_tokens or trie.max_depth)
@@ -146,6 +153,9 @@ def constrained_beam_search(
         idx = order[b0 : b0 + batch_size]
         users = torch.as_tensor(idx, dtype=torch.long)
         batch_scorers = [scorer.for_batch(users, t) for scorer in scorers]
+        allowed_cs = None
+        if exclude_items is not None:
+            allowed_cs = allowed_item_cumsum(t, [exclude_items[i] for i in idx])
         logits, cache, mask = _prompt_pass(
             model,
             [list(prompts[i]) for i in idx],
@@ -166,10 +176,28 @@ def constrained_beam_search(
             max_new,
             early_stopping,
             kv_cache != "dynamic" and full_attention,
+            allowed_cs,
         )
         out_leaf[idx] = leaves.cpu()
         out_score[idx] = scores.cpu()
     return out_leaf, out_score
+
+
+def allowed_item_cumsum(trie: TitleTrie, exclude_items: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``[U, n_items + 1]`` prefix sums, in trie (DFS) item order, of the items *not* excluded for each user.
+
+    The items under any node are a contiguous range (``node_item_range``), so two look-ups count a
+    subtree's remaining items; a count of 0 removes the edge from the allowed set. Ids the trie does not
+    hold (``trie_items: train_targets``) are ignored.
+    """
+    n_ids = trie.item_leaf.shape[0]
+    banned = torch.zeros(len(exclude_items), n_ids, dtype=torch.bool)
+    for row, items in enumerate(exclude_items):
+        ids = torch.as_tensor(list(items), dtype=torch.long)
+        banned[row, ids[(ids >= 0) & (ids < n_ids)]] = True
+    banned = banned.to(trie.device)
+    ok = (~banned.index_select(1, trie.leaf_items)).long()
+    return torch.nn.functional.pad(ok.cumsum(1), (1, 0))
 
 
 def _common_prefix_len(rows: list[list]) -> int:
@@ -238,8 +266,11 @@ def _search_batch(
     max_new: int,
     early_stopping: bool | str,
     shared: bool,
+    allowed_cs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Beam search for one batch of users from their prompt pass: ``(leaf_ids [U, K], scores [U, K])``."""
+    """Beam search for one batch of users from their prompt pass: ``(leaf_ids [U, K], scores [U, K])``.
+
+    ``allowed_cs`` (:func:`allowed_item_cumsum`, one row per user) removes edges with no allowed item."""
     device = t.device
     n_users, prompt_w = mask.shape
     neg_inf = torch.tensor(-math.inf, device=device)
@@ -262,6 +293,11 @@ def _search_batch(
         rows = n_slots * kc
         flat_node = run_node.reshape(-1)
         edges, valid = t.children(flat_node)
+        if allowed_cs is not None:
+            item_range = t.node_item_range[t.edge_child[edges]]  # [rows, width, 2]
+            row_user = slot_user.repeat_interleave(kc)[:, None]
+            remaining = allowed_cs[row_user, item_range[..., 1]] - allowed_cs[row_user, item_range[..., 0]]
+            valid = valid & (remaining > 0)
         width = edges.shape[1]
         tok = t.edge_token[edges]
         tok_score = logits.gather(1, tok) - torch.logsumexp(logits, dim=-1, keepdim=True)
