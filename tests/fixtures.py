@@ -22,10 +22,14 @@ TITLES = {
 
 
 def write_prepared(
-    root: Path, name: str = "tiny", n_users: int = 12, seq_len: int = 7
+    root: Path, name: str = "tiny", n_users: int = 12, seq_len: int = 7, split: str = "global_time"
 ) -> dict[str, list[tuple]]:
-    """Write ``root/name`` with users cycling through the catalogue; return the (user, history, target) rows."""
-    folder = root / name
+    """Write ``root/name`` with users cycling through the catalogue; return the (user, history, target) rows.
+
+    ``split="leave_one_out"`` writes ``root/leave_one_out/name`` with each user's last sample in test and
+    second-last in valid (where ``split_protocol: leave_one_out`` reads it).
+    """
+    folder = (root if split == "global_time" else root / split) / name
     folder.mkdir(parents=True, exist_ok=True)
     items = list(TITLES)
     samples = []
@@ -43,10 +47,17 @@ def write_prepared(
         "valid": samples[n_train : n_train + n_valid],
         "test": samples[n_train + n_valid :],
     }
+    if split == "leave_one_out":  # each user's targets are at positions 1..seq_len-1, in time order
+        last = {u: h for u, h, _, _ in samples}  # the longest history = the last sample
+        rank = {(u, len(h)): (len(last[u]) - len(h)) for u, h, _, _ in samples}
+        pick = {0: "test", 1: "valid"}
+        splits = {"train": [], "valid": [], "test": []}
+        for s in samples:
+            splits[pick.get(rank[(s[0], len(s[1]))], "train")].append(s)
     header = "user_id:token\titem_id_list:token_seq\titem_id:token\ttimestamp:float\n"
-    for split, rows in splits.items():
+    for part, rows in splits.items():
         lines = [f"{u}\t{' '.join(h)}\t{i}\t{ts}\n" for u, h, i, ts in rows]
-        (folder / f"{name}.{split}.inter").write_text(header + "".join(lines))
+        (folder / f"{name}.{part}.inter").write_text(header + "".join(lines))
     item_lines = "".join(f"{i}\t{title}\n" for i, title in TITLES.items())
     (folder / f"{name}.item").write_text("item_id:token\ttitle:token\n" + item_lines, encoding="utf-8")
     inter = "".join(f"{u}\t{i}\t{ts}\n" for u, _, i, ts in samples)
@@ -54,6 +65,7 @@ def write_prepared(
     meta = {
         "format_version": 1,
         "name": name,
+        "protocol": {"split": split},
         "category": {"singular": "movie", "plural": "movies"},
         "source": "test fixture",
     }

@@ -47,9 +47,9 @@ def test_leaves_to_items_drops_excluded_items_of_a_shared_title():
     leaves = torch.tensor([[0, 1]])
     assert leaves_to_items(trie, leaves, 3).tolist() == [[2, 1, 3]]
     assert leaves_to_items(trie, leaves, 3, exclude=history_mask([[2]], 4)).tolist() == [[1, 3, -1]]
-    assert fill_by_popularity(torch.tensor([[3, -1]]), torch.tensor([2, 1, 3]), history_mask([[2]], 4)).tolist() == [
-        [3, 1]
-    ]
+    assert fill_by_popularity(
+        torch.tensor([[3, -1]]), torch.tensor([2, 1, 3]), history_mask([[2]], 4)
+    ).tolist() == [[3, 1]]
 
 
 def test_search_never_returns_an_excluded_title_and_spends_no_beam_on_it():
@@ -130,7 +130,12 @@ def test_llmgenrec_never_recommends_a_history_item(workspace, monkeypatch, decod
         config = _config(
             "LLMGenRec",
             root / "data",
-            {"exclude_history": exclude, "llm_path": str(model_dir), "decoder": decoder, "eval_sample_num": 8},
+            {
+                "exclude_history": exclude,
+                "llm_path": str(model_dir),
+                "decoder": decoder,
+                "eval_sample_num": 8,
+            },
         )
         _, (_, _, test), model, _ = load_run(config, quiet=True, with_trainer=False)
         inter = test.dataset.inter_feat

@@ -61,7 +61,9 @@ class SharedSplitDataset(SequentialDataset):
                 "recbole-llm reads the prepared split: keep `benchmark_filename: [train, valid, test]` "
                 "(set in properties/overall.yaml) instead of letting RecBole re-split the data."
             )
-        ensure_prepared(config["dataset"], config["data_root"], split=config["split_protocol"] or "global_time")
+        ensure_prepared(
+            config["dataset"], config["data_root"], split=config["split_protocol"] or "global_time"
+        )
         _check_not_empty(config)
         super().__init__(config)
 

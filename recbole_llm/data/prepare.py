@@ -22,6 +22,7 @@ import pandas as pd
 
 from recbole_llm.data import converters as conv
 from recbole_llm.data.protocol import (
+    SPLIT_PROTOCOLS,
     build_samples,
     check_split_protocol,
     chrono_split,
@@ -30,7 +31,6 @@ from recbole_llm.data.protocol import (
     kcore_filter,
     leave_one_out_split,
     make_tokens,
-    SPLIT_PROTOCOLS,
     sample_users,
     to_timestamp,
     window_and_kcore,

@@ -287,7 +287,9 @@ class LLMGenRec(SequentialRecommender):
         scores = model.full_sort_predict(inter).view(len(histories), -1).float()
         scores[:, 0] = -float("inf")
         if self.exclude_history:  # the guidance's mass only over the items the search may still return
-            scores = scores.masked_fill(history_mask(histories, scores.shape[1], scores.device), -float("inf"))
+            scores = scores.masked_fill(
+                history_mask(histories, scores.shape[1], scores.device), -float("inf")
+            )
         return torch.softmax(scores, dim=-1)
 
     _ensemble_model = None
