@@ -83,3 +83,14 @@ def test_unknown_split_protocol_is_refused_by_the_config(tmp_path, monkeypatch):
         Config(
             model="SASRec", dataset="tiny", config_dict={"data_path": str(tmp_path), "split_protocol": "lou"}
         )
+
+
+def test_both_keys_are_documented_with_their_defaults():
+    import yaml
+
+    from tests.test_docs import README, ROOT
+
+    overall = yaml.safe_load((ROOT / "properties" / "overall.yaml").read_text())
+    assert overall["split_protocol"] == "global_time" and overall["exclude_history"] is False
+    assert "| `split_protocol` | `global_time` |" in README
+    assert "| `exclude_history` | `False` |" in README
