@@ -93,6 +93,8 @@ class LLMGenRec(SequentialRecommender):
         self.item_token_ig = token_ig
         self._weights = item_token_weights(self.objective, lengths, token_ig)
         self._weight_totals = {name: table.sum(dim=1) for name, table in self._weights.items()}
+        self._valid_weights = item_token_weights(self.objective, lengths, token_ig, validation=True)
+        self._valid_totals = {name: table.sum(dim=1) for name, table in self._valid_weights.items()}
 
     # Set by the trainer (``log_ig_loss``): an ``IGLossTracker`` fed by every training forward pass.
     ig_loss_tracker = None
@@ -104,8 +106,9 @@ class LLMGenRec(SequentialRecommender):
     def loss_denominators(self, interaction) -> dict[str, torch.Tensor]:
         """Total token weight of each active loss term over the samples (known before any forward pass)."""
         targets = interaction[self.POS_ITEM_ID].cpu()
+        totals = self._weight_totals if self.training else self._valid_totals
         return {
-            name: self._weight_totals[name][targets].sum()
+            name: totals[name][targets].sum()
             for name in self.objective.active_terms(self.training)
         }
 
@@ -183,7 +186,9 @@ class LLMGenRec(SequentialRecommender):
         logits, cache = self._run(batch, keep_cache=share)
         device = logits.device
         token_items = torch.tensor(targets)[batch.target_rows]
-        weights = gather_token_weights(self._weights, token_items, batch.target_t)
+        weights = gather_token_weights(
+            self._weights if self.training else self._valid_weights, token_items, batch.target_t
+        )
         if self.training and self.ig_loss_tracker is not None:
             # IGD §4.2.1 diagnostics: unweighted CE of the factual pass per token, with its IG (detached).
             self.ig_loss_tracker.update_from_logits(
