@@ -31,6 +31,7 @@ from recbole_llm.model.decoding import (
 )
 from recbole_llm.model.grounding import embed_token_sequences, ground_generations
 from recbole_llm.model.objectives import (
+    CAUSAL,
     build_objective,
     gather_token_weights,
     item_token_weights,
@@ -79,6 +80,7 @@ class LLMGenRec(SequentialRecommender):
         self.temporal = build_temporal_module(
             config, self.llm.config.hidden_size, default=self.objective.temporal_embedding
         )
+        self.objective.check_temporal("none" if self.temporal is None else self.temporal.kind)
         self._fill_order = torch.argsort(-counts[1:], stable=True) + 1  # popularity, ties by item id
 
     # ----------------------------------------------------------------- per-item tables
@@ -107,10 +109,12 @@ class LLMGenRec(SequentialRecommender):
         """Total token weight of each active loss term over the samples (known before any forward pass)."""
         targets = interaction[self.POS_ITEM_ID].cpu()
         totals = self._weight_totals if self.training else self._valid_totals
-        return {
-            name: totals[name][targets].sum()
-            for name in self.objective.active_terms(self.training)
-        }
+        active = self.objective.active_terms(self.training)
+        out = {name: totals[name][targets].sum() for name in active}
+        if CAUSAL in active:  # samples whose counterfactual equals the factual input leave L_c's normaliser
+            kept = torch.tensor(self.prompts.kept_counts(self.histories(interaction), targets.tolist()))
+            out[CAUSAL] = (totals[CAUSAL][targets] * self.objective.counterfactual_differs(kept)).sum()
+        return out
 
     def sample_lengths(self, dataset) -> np.ndarray:
         """Token length of every sample's training prompt (for length-grouped batching)."""
@@ -195,6 +199,9 @@ class LLMGenRec(SequentialRecommender):
                 logits, batch.target_labels.to(device), self.item_token_ig[token_items, batch.target_t - 1]
             )
         logits_cf = None
+        if CAUSAL in weights and self.training:
+            differs = self.objective.counterfactual_differs(batch.history_len)
+            weights[CAUSAL] = weights[CAUSAL] * differs[batch.target_rows].to(weights[CAUSAL].dtype)
         if self.training and self.objective.needs_counterfactual:
             cf = self.objective.counterfactual_inputs(self.prompts, batch, histories, targets)
             logits_cf = self._counterfactual_logits(batch, cache, cf.batch, cf.item_index)

@@ -157,6 +157,15 @@ class Objective:
             terms[CAUSAL] = causal_loss_terms(logits_f, logits_cf, labels, w[CAUSAL])[0]
         return terms
 
+    def check_temporal(self, kind: str) -> None:
+        """Raise if this objective cannot train with temporal embedding ``kind`` (none|sinpe|rope...)."""
+
+    def counterfactual_differs(self, history_len: Tensor) -> Tensor:
+        """Per sample (``history_len`` = history items kept in its prompt): whether its counterfactual input
+        differs from the factual one. Samples where it does not get causal weight 0, so they leave the
+        causal term's normaliser (their ``L_c`` is the constant log|V| with no gradient)."""
+        return torch.ones(history_len.shape, dtype=torch.bool, device=history_len.device)
+
     def counterfactual_inputs(
         self, prompts: PromptBuilder, batch: PromptBatch, histories: list[list[int]], targets: list[int]
     ) -> Counterfactual:

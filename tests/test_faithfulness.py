@@ -1,0 +1,101 @@
+"""Issue 12's audit fixes, each checked on hand-computed numbers (each test fails on the code before it)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.data import data_preparation
+from recbole.data.interaction import Interaction
+
+from recbole_llm.config import Config
+from recbole_llm.model.llm_gen_rec import LLMGenRec
+from recbole_llm.model.objectives import CAUSAL, NORMAL, build_objective, weighted_total
+from recbole_llm.quick_start import create_dataset
+from tests.fixtures import write_prepared
+
+
+def _model(tmp_path, monkeypatch, tiny_model_path, **overrides) -> tuple[LLMGenRec, object]:
+    monkeypatch.setattr(sys, "argv", ["run_recbole_llm.py"])
+    write_prepared(tmp_path / "data")
+    config_dict = {
+        "data_path": str(tmp_path / "data"),
+        "llm_path": str(tiny_model_path),
+        "train_sample_num": None,
+        "dropout": 0.0,
+        "state": "ERROR",
+        "show_progress": False,
+    }
+    config_dict.update(overrides)
+    # Through a YAML file: a config_dict / command-line "none" is parsed to None (= the objective's default).
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("".join(f"{k}: {v}\n" for k, v in config_dict.items() if isinstance(v, str)))
+    config_dict = {k: v for k, v in config_dict.items() if not isinstance(v, str)}
+    config = Config(
+        model="LLMGenRec", dataset="tiny", config_file_list=[str(yaml_file)], config_dict=config_dict
+    )
+    train, valid, test = data_preparation(config, create_dataset(config))
+    return LLMGenRec(config, train.dataset), (train, valid, test)
+
+
+def _inter(model: LLMGenRec, histories: list[list[int]], targets: list[int]) -> Interaction:
+    width = max(len(h) for h in histories)
+    seq = torch.zeros(len(histories), width, dtype=torch.long)
+    for row, h in enumerate(histories):
+        seq[row, : len(h)] = torch.tensor(h)
+    return Interaction(
+        {
+            model.ITEM_SEQ: seq,
+            model.ITEM_SEQ_LEN: torch.tensor([len(h) for h in histories]),
+            model.POS_ITEM_ID: torch.tensor(targets),
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------------------ fix 2
+def test_cetrec_without_temporal_embedding_is_refused(tmp_path, monkeypatch, tiny_model_path):
+    with pytest.raises(ValueError, match="temporal_embedding=none.*constant log"):
+        _model(tmp_path, monkeypatch, tiny_model_path, objective="cetrec", temporal_embedding="none")
+    # without L_CT there is nothing to be constant
+    model, _ = _model(
+        tmp_path, monkeypatch, tiny_model_path, objective="cetrec", temporal_embedding="none", **{"lambda": 0}
+    )
+    assert model.temporal is None
+
+
+def test_cetrec_counterfactual_differs_by_hand():
+    lengths = torch.tensor([1, 2, 5])
+    assert build_objective({"objective": "cetrec"}).counterfactual_differs(lengths).tolist() == [0, 1, 1]
+    latest = build_objective({"objective": "cetrec", "cetrec_cf_index": "latest"})
+    assert latest.counterfactual_differs(lengths).tolist() == [0, 1, 1]
+    assert build_objective({"objective": "cetrec", "cetrec_cf_index": 3}).counterfactual_differs(
+        lengths
+    ).tolist() == [1, 1, 1]
+    assert build_objective({"objective": "cft"}).counterfactual_differs(lengths).tolist() == [1, 1, 1]
+
+
+def test_one_item_histories_leave_the_causal_normaliser(tmp_path, monkeypatch, tiny_model_path):
+    model, _ = _model(tmp_path, monkeypatch, tiny_model_path, objective="cetrec", **{"lambda": 0.5})
+    model.train()
+    inter = _inter(model, [[1], [2, 3, 4]], [5, 6])
+    len_1, len_2 = (len(model.prompts.target_tokens(i)) for i in (5, 6))
+    dens = model.loss_denominators(inter)
+    assert dens[NORMAL].item() == len_1 + len_2
+    assert dens[CAUSAL].item() == len_2  # the one-item sample's tokens are not counted
+    terms = model(inter)
+    # by hand: L_CT = mean over the second sample's tokens of CE(logits_f − logits_cf)
+    batch = model.prompts.build(model.histories(inter), [5, 6])
+    with torch.no_grad():
+        lf = model._target_logits(batch)
+        cf = model.objective.counterfactual_inputs(model.prompts, batch, [], [])
+        lc = model._target_logits(cf.batch, item_index=cf.item_index)
+    second = batch.target_rows == 1
+    expected_causal = F.cross_entropy((lf - lc)[second].float(), batch.target_labels[second], reduction="sum")
+    assert torch.allclose(terms[CAUSAL].detach(), expected_causal, atol=1e-4)
+    # the one-item sample's factual and counterfactual logits are identical (no signal to learn)
+    assert torch.allclose(lf[~second], lc[~second], atol=1e-5)
+    total = weighted_total(terms, dens, model.loss_coefficients)
+    expected = F.cross_entropy(lf.float(), batch.target_labels) + 0.5 * expected_causal / len_2
+    assert torch.allclose(total.detach(), expected, atol=1e-4)
