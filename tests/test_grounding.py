@@ -76,10 +76,14 @@ def test_dedup_first_and_scores():
     assert is_first.tolist() == [[True, True, False, True, False], [True, False, False, False, False]]
     assert n_unique.tolist() == [3, 1]
     scores = ranking_to_scores(torch.tensor([[4, 0, 2]]), 6)
-    assert scores.tolist() == [[2.0, float("-inf"), 1.0, float("-inf"), 3.0, float("-inf")]]
+    # items outside the list: finite, below it, in the fill order (default ascending id); padding −inf
+    assert scores.tolist() == [[2.0, -1.0, 1.0, -3.0, 3.0, -5.0]]
     assert torch.topk(scores, 3).indices.tolist() == [[4, 0, 2]]
     short = ranking_to_scores(torch.tensor([[3, -1, -1]]), 4)  # a short list: -1 gets no score
-    assert short.tolist() == [[float("-inf"), float("-inf"), float("-inf"), 3.0]]
+    assert short.tolist() == [[float("-inf"), -1.0, -2.0, 3.0]]
+    by_popularity = ranking_to_scores(torch.tensor([[1]]), 5, fill_order=torch.tensor([3, 1, 4, 2]))
+    assert by_popularity.tolist() == [[float("-inf"), 1.0, -4.0, -1.0, -3.0]]
+    assert torch.argsort(by_popularity, descending=True, stable=True)[0, :4].tolist() == [1, 3, 4, 2]
 
 
 @pytest.fixture(scope="module")

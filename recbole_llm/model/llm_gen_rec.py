@@ -338,8 +338,10 @@ class LLMGenRec(SequentialRecommender):
         return super().train(mode)
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
-        """RecBole API: scores ``[B, n_items]`` whose order is the ranked list (reads only the history)."""
-        return ranking_to_scores(self.recommend(interaction, self.decoding.num_beams), self.n_items)
+        """RecBole API: scores ``[B, n_items]`` whose order is the ranked list (reads only the history); items
+        outside it get finite scores below it in training-popularity order (ties by id), never all −inf."""
+        ranked = self.recommend(interaction, self.decoding.num_beams)
+        return ranking_to_scores(ranked, self.n_items, self._fill_order)
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self, folder: str | Path) -> Path:
