@@ -99,3 +99,20 @@ def test_one_item_histories_leave_the_causal_normaliser(tmp_path, monkeypatch, t
     total = weighted_total(terms, dens, model.loss_coefficients)
     expected = F.cross_entropy(lf.float(), batch.target_labels) + 0.5 * expected_causal / len_2
     assert torch.allclose(total.detach(), expected, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ fix 7
+def test_bigrec_title_embedding_is_the_title_last_token(tmp_path, monkeypatch, tiny_model_path):
+    from recbole_llm.model.grounding import embed_token_sequences
+
+    model, _ = _model(tmp_path, monkeypatch, tiny_model_path, decoder="bigrec")
+    model.eval()
+    seqs = model.prompts.all_target_sequences()[1:]
+    eos = model.prompts.eos_token_id
+    assert all(s[-1] == eos for s in seqs)
+    pad = model.prompts.pad_token_id
+    expected = embed_token_sequences(model.llm, [s[:-1] for s in seqs], pad_token_id=pad)
+    at_eos = embed_token_sequences(model.llm, seqs, pad_token_id=pad)
+    got = model._title_embeddings()
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, at_eos, atol=1e-3)

@@ -281,7 +281,9 @@ def test_cft_validation_loss_is_plain_cross_entropy():
     nums = obj.combine(logits_f, labels, pos, seq, training=False)
     assert abs(nums[NORMAL].item() - F.cross_entropy(logits_f, labels, reduction="sum").item()) < 1e-9
     table = item_token_weights(obj, torch.tensor([0, 3]), validation=True)
-    assert set(table) == {NORMAL} and torch.equal(table[NORMAL], torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+    assert set(table) == {NORMAL} and torch.equal(
+        table[NORMAL], torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    )
     # pos keeps its weighted validation loss (its paper's reading is unchanged)
     pos_obj = build_objective({"objective": "pos", "beta": 0.5})
     assert torch.equal(pos_obj.validation_weights(pos, seq)[NORMAL], pos_obj.token_weights(pos, seq)[NORMAL])

@@ -1,7 +1,9 @@
 """BIGRec grounding: map freely generated titles to catalogue items by L2 distance of LLM embeddings.
 
-A title (generated or from the catalogue) is embedded by the last-layer hidden state of its last token
-(BIGRec and CFT reference code: ``hidden_states[-1][:, -1, :]`` with left padding). Each generated title
+A title (generated or from the catalogue) is embedded by the last-layer hidden state of its last real
+token (BIGRec and CFT reference code: ``hidden_states[-1][:, -1, :]`` of the tokenised title text, with
+left padding and no EOS): EOS is stripped (``strip_eos``) from catalogue titles and from generations,
+and a generation cut at the length limit without EOS is embedded at its last generated token. Each generated title
 is matched to all item embeddings by L2 distance.
 
 Ranking rules (``bigrec_rank``):
@@ -212,6 +214,13 @@ def free_beam_generate(
     return out
 
 
+def strip_eos(sequence: Sequence[int], eos_token_id: int) -> list[int]:
+    """The tokens before the first EOS (BIGRec embeds the title text, not EOS); ``[eos]`` if none precede it."""
+    seq = list(sequence)
+    end = seq.index(eos_token_id) if eos_token_id in seq else len(seq)
+    return seq[:end] or [eos_token_id]
+
+
 def ground_generations(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -232,7 +241,6 @@ def ground_generations(
     if rule == "cft":
         n_gen = CFT_GENERATIONS
     generations = free_beam_generate(model, prompts, n_gen, max_new_tokens, pad_token_id, eos_token_id)
-    gen_emb = embed_token_sequences(
-        model, [g for row in generations for g in row], pad_token_id=pad_token_id
-    ).view(len(prompts), n_gen, -1)
+    flat = [strip_eos(g, eos_token_id) for row in generations for g in row]
+    gen_emb = embed_token_sequences(model, flat, pad_token_id=pad_token_id).view(len(prompts), n_gen, -1)
     return bigrec_rank(gen_emb, item_emb, k, rule=rule)

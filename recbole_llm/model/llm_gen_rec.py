@@ -29,7 +29,7 @@ from recbole_llm.model.decoding import (
     leaves_to_items,
     ranking_to_scores,
 )
-from recbole_llm.model.grounding import embed_token_sequences, ground_generations
+from recbole_llm.model.grounding import embed_token_sequences, ground_generations, strip_eos
 from recbole_llm.model.objectives import (
     CAUSAL,
     build_objective,
@@ -322,9 +322,11 @@ class LLMGenRec(SequentialRecommender):
         return (ranked + 1).cpu()  # row 0 of the title table = item 1
 
     def _title_embeddings(self) -> torch.Tensor:
-        """Last-layer, last-token hidden state of every item title (cached until the weights change)."""
+        """Last-layer hidden state of every item title's last token, EOS excluded as in BIGRec (cached until
+        the weights change)."""
         if self._title_emb is None:
-            sequences = self.prompts.all_target_sequences()[1:]
+            eos = self.prompts.eos_token_id
+            sequences = [strip_eos(s, eos) for s in self.prompts.all_target_sequences()[1:]]
             self._title_emb = embed_token_sequences(
                 self.llm, sequences, pad_token_id=self.prompts.pad_token_id
             )
