@@ -116,3 +116,35 @@ def test_bigrec_title_embedding_is_the_title_last_token(tmp_path, monkeypatch, t
     got = model._title_embeddings()
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, at_eos, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ fix 1
+def test_cetrec_bigrec_free_generation_uses_the_temporal_embeddings(tmp_path, monkeypatch, tiny_model_path):
+    model, _ = _model(
+        tmp_path,
+        monkeypatch,
+        tiny_model_path,
+        objective="cetrec",
+        decoder="bigrec",
+        temporal_embedding="sinpe",
+    )
+    model.eval()
+    seen: list[dict] = []
+    generate = model.llm.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs)
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model.llm, "generate", spy)
+    history = [1, 2, 3]
+    model.recommend_histories([history], 5)
+    assert len(seen) == 1 and "inputs_embeds" in seen[0]
+    ids = torch.tensor([model.prompts.prompt_ids(history)])
+    index = torch.tensor([model.prompts.prompt_item_index(history)])
+    with torch.no_grad():
+        plain = model.llm.get_input_embeddings()(ids)
+        expected = model._embed(ids, index)
+    assert torch.equal(seen[0]["input_ids"], ids)
+    assert torch.allclose(seen[0]["inputs_embeds"], expected)
+    assert not torch.allclose(seen[0]["inputs_embeds"], plain)  # the history tokens carry p_k

@@ -238,12 +238,12 @@ class LLMGenRec(SequentialRecommender):
         cf = True if without_history else None
         prompts = self.prompts.prompt_ids_batch(histories, counterfactual=cf)
         settings = self.decoding
+        item_index = None
+        if self.temporal is not None:
+            item_index = [self.prompts.prompt_item_index(h, counterfactual=cf) for h in histories]
         if settings.decoder == "bigrec":
-            ranked = self._bigrec_rank(prompts, k)
+            ranked = self._bigrec_rank(prompts, k, item_index)
         else:
-            item_index = None
-            if self.temporal is not None:
-                item_index = [self.prompts.prompt_item_index(h, counterfactual=cf) for h in histories]
             ensemble = self._ensemble_probs(histories) if settings.uses_ensemble else None
             leaves, _ = constrained_beam_search(
                 self.llm,
@@ -306,8 +306,17 @@ class LLMGenRec(SequentialRecommender):
         """
         object.__setattr__(self, "_ensemble_model", model.requires_grad_(False).eval())
 
-    def _bigrec_rank(self, prompts: list[list[int]], k: int) -> torch.Tensor:
-        """BIGRec: free beam search, then L2 grounding of each generation to every item title."""
+    def _bigrec_rank(
+        self, prompts: list[list[int]], k: int, item_index: list[list[int]] | None = None
+    ) -> torch.Tensor:
+        """BIGRec: free beam search (from the prompt's temporal input embeddings when there are any, as
+        CETRec §5.1.4 evaluates), then L2 grounding of each generation to every item title."""
+        embed_fn = None
+        if item_index is not None:
+
+            def embed_fn(ids: torch.Tensor, row: int) -> torch.Tensor:
+                return self._embed(ids, torch.tensor([item_index[row]]))
+
         ranked = ground_generations(
             self.llm,
             prompts,
@@ -318,6 +327,7 @@ class LLMGenRec(SequentialRecommender):
             max_new_tokens=self.trie.max_depth,
             pad_token_id=self.prompts.pad_token_id,
             eos_token_id=self.prompts.eos_token_id,
+            embed_fn=embed_fn,
         )
         return (ranked + 1).cpu()  # row 0 of the title table = item 1
 
