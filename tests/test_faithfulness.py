@@ -148,3 +148,30 @@ def test_cetrec_bigrec_free_generation_uses_the_temporal_embeddings(tmp_path, mo
     assert torch.equal(seen[0]["input_ids"], ids)
     assert torch.allclose(seen[0]["inputs_embeds"], expected)
     assert not torch.allclose(seen[0]["inputs_embeds"], plain)  # the history tokens carry p_k
+
+
+# ------------------------------------------------------------------------------------------------ fix 3
+def test_ig_calibration_over_the_catalogue_matches_the_training_target_trie():
+    from recbole_llm.model.trie import TitleTrie
+
+    # the trie module's worked example (a, b, c; EOS = 9) plus d = [5, 7, 9], never a training target
+    seqs, ids, w = [[1, 2, 9], [1, 3, 9], [5, 9], [5, 7, 9]], [1, 2, 3, 4], [1.0, 1.0, 2.0, 0.0]
+    full = TitleTrie.build(seqs, ids, item_weight=w)
+    train = TitleTrie.build(seqs[:3], ids[:3], item_weight=w[:3])
+
+    def norm(trie, prefix, token):
+        node = trie.walk(prefix)[-1] if prefix else 0
+        lo, hi = int(trie.child_ptr[node]), int(trie.child_ptr[node + 1])
+        edge = lo + trie.edge_token[lo:hi].tolist().index(token)
+        return float(trie.edge_ig_norm[edge])
+
+    # by hand: root -> 1 has IG h_c, root -> 5 has 2 h_a: normalised 0 and 1, as in the training trie
+    assert norm(full, [], 1) == norm(train, [], 1) == 0.0
+    assert norm(full, [], 5) == norm(train, [], 5) == 1.0
+    # under [5]: the unseen branch 7 has raw IG = S([5]) (> 0 = IG of 9) but gets IG~ = 0, not 1
+    assert float(full.edge_ig[full.walk([5, 7])[-1] - 1]) > 0
+    assert norm(full, [5], 7) == 0.0
+    assert norm(full, [5], 9) == norm(train, [5], 9) == 0.0
+    for seq in seqs[:3]:  # every edge of the training trie has the same IG~ in the catalogue trie
+        for t in range(len(seq)):
+            assert norm(full, seq[:t], seq[t]) == norm(train, seq[:t], seq[t])
