@@ -17,6 +17,7 @@ from recbole_llm.model.grounding import (
     ground_generations,
     l2_ground,
     last_token_hidden,
+    strip_eos,
 )
 
 ITEMS = torch.tensor([[3.0, 0.0], [1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [0.0, -1.0]])
@@ -76,10 +77,14 @@ def test_dedup_first_and_scores():
     assert is_first.tolist() == [[True, True, False, True, False], [True, False, False, False, False]]
     assert n_unique.tolist() == [3, 1]
     scores = ranking_to_scores(torch.tensor([[4, 0, 2]]), 6)
-    assert scores.tolist() == [[2.0, float("-inf"), 1.0, float("-inf"), 3.0, float("-inf")]]
+    # items outside the list: finite, below it, in the fill order (default ascending id); padding −inf
+    assert scores.tolist() == [[2.0, -1.0, 1.0, -3.0, 3.0, -5.0]]
     assert torch.topk(scores, 3).indices.tolist() == [[4, 0, 2]]
     short = ranking_to_scores(torch.tensor([[3, -1, -1]]), 4)  # a short list: -1 gets no score
-    assert short.tolist() == [[float("-inf"), float("-inf"), float("-inf"), 3.0]]
+    assert short.tolist() == [[float("-inf"), -1.0, -2.0, 3.0]]
+    by_popularity = ranking_to_scores(torch.tensor([[1]]), 5, fill_order=torch.tensor([3, 1, 4, 2]))
+    assert by_popularity.tolist() == [[float("-inf"), 1.0, -4.0, -1.0, -3.0]]
+    assert torch.argsort(by_popularity, descending=True, stable=True)[0, :4].tolist() == [1, 3, 4, 2]
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +137,13 @@ def test_embed_token_sequences_keeps_input_order(tiny_llama):
         last_token_hidden(tiny_llama, torch.ones(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
 
 
+def test_strip_eos_keeps_the_last_real_token():
+    assert strip_eos([4, 5, 3], 3) == [4, 5]  # a title / a generation that ended with EOS
+    assert strip_eos([4, 5, 6], 3) == [4, 5, 6]  # cut at max_new_tokens: its last generated token
+    assert strip_eos([4, 3, 0, 0], 3) == [4]  # beam padding after EOS
+    assert strip_eos([3], 3) == [3]  # an immediate EOS is all there is to embed
+
+
 def test_free_generations_are_grounded_to_the_titles(tiny_llama):
     prompts, eos = [[5, 9, 11], [7, 8]], 3
     generations = free_beam_generate(tiny_llama, prompts, 4, 5, 0, eos)
@@ -144,7 +156,8 @@ def test_free_generations_are_grounded_to_the_titles(tiny_llama):
     for rule, n_gen in (("bigrec", 4), ("cft", CFT_GENERATIONS)):
         # The same as grounding the embedded generations by hand; "cft" always grounds CFT's 5 generations.
         gens = free_beam_generate(tiny_llama, prompts, n_gen, 5, 0, eos)
-        gen_emb = embed_token_sequences(tiny_llama, [g for row in gens for g in row], pad_token_id=0)
+        flat = [g[:-1] if g[-1] == eos and len(g) > 1 else g for row in gens for g in row]  # BIGRec: no EOS
+        gen_emb = embed_token_sequences(tiny_llama, flat, pad_token_id=0)
         expect = bigrec_rank(gen_emb.view(2, n_gen, -1), titles, 7, rule=rule)
         got = ground_generations(tiny_llama, prompts, titles, 7, n_gen=4, rule=rule, **kw)
         assert got.shape == (2, 7) and torch.equal(got, expect)

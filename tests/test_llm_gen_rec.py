@@ -150,6 +150,12 @@ def test_full_sort_predict_reads_only_the_history(workspace, monkeypatch):
     batch.interaction["item_id"] = torch.zeros_like(batch["item_id"])  # the target must not matter
     assert torch.equal(scores, trained.model.full_sort_predict(batch))
     assert scores.shape == (len(batch), trained.model.n_items)
+    # every real item has a finite score: outside the beam list in training-popularity order
+    assert torch.isfinite(scores[:, 1:]).all() and torch.isinf(scores[:, 0]).all()
+    rest = scores[0, 1:] < 0
+    outside = (torch.nonzero(rest).squeeze(1) + 1).tolist()
+    ordered = sorted(outside, key=lambda i: -scores[0, i].item())
+    assert ordered == [i for i in trained.model._fill_order.tolist() if i in set(outside)]
 
 
 def test_epoch_log_names_the_loss_terms_and_their_total():

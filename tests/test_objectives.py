@@ -272,6 +272,23 @@ def test_validation_mode_uses_normal_term_only():
     assert set(obj.token_weights(pos, seq)) == {NORMAL, CAUSAL}
 
 
+def test_cft_validation_loss_is_plain_cross_entropy():
+    """The CFT reference stops early on unweighted CE; the decayed training weights must not leak in."""
+    logits_f, _, labels, pos, seq, _ = _batch([3, 4, 1])
+    obj = build_objective({"objective": "cft", "beta": 0.25, "cft_weight_normal_loss": True})
+    got = _loss(obj, logits_f, labels, pos, seq, training=False, weights=obj.validation_weights(pos, seq))
+    assert abs(got.item() - F.cross_entropy(logits_f, labels).item()) < 1e-9
+    nums = obj.combine(logits_f, labels, pos, seq, training=False)
+    assert abs(nums[NORMAL].item() - F.cross_entropy(logits_f, labels, reduction="sum").item()) < 1e-9
+    table = item_token_weights(obj, torch.tensor([0, 3]), validation=True)
+    assert set(table) == {NORMAL} and torch.equal(
+        table[NORMAL], torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    )
+    # pos keeps its weighted validation loss (its paper's reading is unchanged)
+    pos_obj = build_objective({"objective": "pos", "beta": 0.5})
+    assert torch.equal(pos_obj.validation_weights(pos, seq)[NORMAL], pos_obj.token_weights(pos, seq)[NORMAL])
+
+
 # ------------------------------------------------------------------------------------- per-item tables
 def test_item_token_weight_tables():
     obj = build_objective({"objective": "cft", "beta": 0.5})

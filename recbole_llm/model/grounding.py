@@ -1,7 +1,9 @@
 """BIGRec grounding: map freely generated titles to catalogue items by L2 distance of LLM embeddings.
 
-A title (generated or from the catalogue) is embedded by the last-layer hidden state of its last token
-(BIGRec and CFT reference code: ``hidden_states[-1][:, -1, :]`` with left padding). Each generated title
+A title (generated or from the catalogue) is embedded by the last-layer hidden state of its last real
+token (BIGRec and CFT reference code: ``hidden_states[-1][:, -1, :]`` of the tokenised title text, with
+left padding and no EOS): EOS is stripped (``strip_eos``) from catalogue titles and from generations,
+and a generation cut at the length limit without EOS is embedded at its last generated token. Each generated title
 is matched to all item embeddings by L2 distance.
 
 Ranking rules (``bigrec_rank``):
@@ -20,7 +22,7 @@ Exact ties are only guaranteed to compare equal when the distances come out bit-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -209,15 +211,27 @@ def embed_token_sequences(
 
 
 def free_beam_generate(
-    model: nn.Module, prompts: Sequence[Sequence[int]], n_gen: int, max_new: int, pad_id: int, eos_id: int
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    n_gen: int,
+    max_new: int,
+    pad_id: int,
+    eos_id: int,
+    embed_fn: Callable[[Tensor, int], Tensor] | None = None,
 ) -> list[list[list[int]]]:
-    """BIGRec's free generation: ``n_gen`` beams per prompt, returned as token lists up to EOS (incl.)."""
+    """BIGRec's free generation: ``n_gen`` beams per prompt, returned as token lists up to EOS (incl.).
+
+    ``embed_fn(ids [1, L], row) -> inputs_embeds [1, L, H]`` gives the prompt's input embeddings (CETRec's
+    temporal embeddings on its history tokens); generated tokens get the plain token embedding.
+    """
     out = []
     device = next(model.parameters()).device
-    for prompt in prompts:
+    for row, prompt in enumerate(prompts):
         ids = torch.tensor([prompt], device=device)
+        extra = {} if embed_fn is None else {"inputs_embeds": embed_fn(ids, row)}
         gen = model.generate(
             input_ids=ids,
+            **extra,
             attention_mask=torch.ones_like(ids),
             num_beams=n_gen,
             num_return_sequences=n_gen,
@@ -234,6 +248,13 @@ def free_beam_generate(
     return out
 
 
+def strip_eos(sequence: Sequence[int], eos_token_id: int) -> list[int]:
+    """The tokens before the first EOS (BIGRec embeds the title text, not EOS); ``[eos]`` if none precede it."""
+    seq = list(sequence)
+    end = seq.index(eos_token_id) if eos_token_id in seq else len(seq)
+    return seq[:end] or [eos_token_id]
+
+
 def ground_generations(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -246,6 +267,7 @@ def ground_generations(
     pad_token_id: int,
     eos_token_id: int,
     exclude: Tensor | None = None,
+    embed_fn: Callable[[Tensor, int], Tensor] | None = None,
 ) -> Tensor:
     """BIGRec's decoder: free beam search, then L2 grounding of each generation to every item title.
 
@@ -254,8 +276,9 @@ def ground_generations(
     """
     if rule == "cft":
         n_gen = CFT_GENERATIONS
-    generations = free_beam_generate(model, prompts, n_gen, max_new_tokens, pad_token_id, eos_token_id)
-    gen_emb = embed_token_sequences(
-        model, [g for row in generations for g in row], pad_token_id=pad_token_id
-    ).view(len(prompts), n_gen, -1)
+    generations = free_beam_generate(
+        model, prompts, n_gen, max_new_tokens, pad_token_id, eos_token_id, embed_fn=embed_fn
+    )
+    flat = [strip_eos(g, eos_token_id) for row in generations for g in row]
+    gen_emb = embed_token_sequences(model, flat, pad_token_id=pad_token_id).view(len(prompts), n_gen, -1)
     return bigrec_rank(gen_emb, item_emb, k, rule=rule, exclude=exclude)

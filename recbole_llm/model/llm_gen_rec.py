@@ -30,8 +30,9 @@ from recbole_llm.model.decoding import (
     leaves_to_items,
     ranking_to_scores,
 )
-from recbole_llm.model.grounding import embed_token_sequences, ground_generations
+from recbole_llm.model.grounding import embed_token_sequences, ground_generations, strip_eos
 from recbole_llm.model.objectives import (
+    CAUSAL,
     build_objective,
     gather_token_weights,
     item_token_weights,
@@ -82,6 +83,7 @@ class LLMGenRec(SequentialRecommender):
         self.temporal = build_temporal_module(
             config, self.llm.config.hidden_size, default=self.objective.temporal_embedding
         )
+        self.objective.check_temporal("none" if self.temporal is None else self.temporal.kind)
         self._fill_order = torch.argsort(-counts[1:], stable=True) + 1  # popularity, ties by item id
 
     # ----------------------------------------------------------------- per-item tables
@@ -96,6 +98,8 @@ class LLMGenRec(SequentialRecommender):
         self.item_token_ig = token_ig
         self._weights = item_token_weights(self.objective, lengths, token_ig)
         self._weight_totals = {name: table.sum(dim=1) for name, table in self._weights.items()}
+        self._valid_weights = item_token_weights(self.objective, lengths, token_ig, validation=True)
+        self._valid_totals = {name: table.sum(dim=1) for name, table in self._valid_weights.items()}
 
     # Set by the trainer (``log_ig_loss``): an ``IGLossTracker`` fed by every training forward pass.
     ig_loss_tracker = None
@@ -107,10 +111,13 @@ class LLMGenRec(SequentialRecommender):
     def loss_denominators(self, interaction) -> dict[str, torch.Tensor]:
         """Total token weight of each active loss term over the samples (known before any forward pass)."""
         targets = interaction[self.POS_ITEM_ID].cpu()
-        return {
-            name: self._weight_totals[name][targets].sum()
-            for name in self.objective.active_terms(self.training)
-        }
+        totals = self._weight_totals if self.training else self._valid_totals
+        active = self.objective.active_terms(self.training)
+        out = {name: totals[name][targets].sum() for name in active}
+        if CAUSAL in active:  # samples whose counterfactual equals the factual input leave L_c's normaliser
+            kept = torch.tensor(self.prompts.kept_counts(self.histories(interaction), targets.tolist()))
+            out[CAUSAL] = (totals[CAUSAL][targets] * self.objective.counterfactual_differs(kept)).sum()
+        return out
 
     def sample_lengths(self, dataset) -> np.ndarray:
         """Token length of every sample's training prompt (for length-grouped batching)."""
@@ -186,13 +193,18 @@ class LLMGenRec(SequentialRecommender):
         logits, cache = self._run(batch, keep_cache=share)
         device = logits.device
         token_items = torch.tensor(targets)[batch.target_rows]
-        weights = gather_token_weights(self._weights, token_items, batch.target_t)
+        weights = gather_token_weights(
+            self._weights if self.training else self._valid_weights, token_items, batch.target_t
+        )
         if self.training and self.ig_loss_tracker is not None:
             # IGD §4.2.1 diagnostics: unweighted CE of the factual pass per token, with its IG (detached).
             self.ig_loss_tracker.update_from_logits(
                 logits, batch.target_labels.to(device), self.item_token_ig[token_items, batch.target_t - 1]
             )
         logits_cf = None
+        if CAUSAL in weights and self.training:
+            differs = self.objective.counterfactual_differs(batch.history_len)
+            weights[CAUSAL] = weights[CAUSAL] * differs[batch.target_rows].to(weights[CAUSAL].dtype)
         if self.training and self.objective.needs_counterfactual:
             cf = self.objective.counterfactual_inputs(self.prompts, batch, histories, targets)
             logits_cf = self._counterfactual_logits(batch, cache, cf.batch, cf.item_index)
@@ -230,12 +242,12 @@ class LLMGenRec(SequentialRecommender):
         prompts = self.prompts.prompt_ids_batch(histories, counterfactual=cf)
         settings = self.decoding
         exclude = history_mask(histories, self.n_items) if self.exclude_history else None
+        item_index = None
+        if self.temporal is not None:
+            item_index = [self.prompts.prompt_item_index(h, counterfactual=cf) for h in histories]
         if settings.decoder == "bigrec":
-            ranked = self._bigrec_rank(prompts, k, exclude)
+            ranked = self._bigrec_rank(prompts, k, exclude, item_index)
         else:
-            item_index = None
-            if self.temporal is not None:
-                item_index = [self.prompts.prompt_item_index(h, counterfactual=cf) for h in histories]
             ensemble = self._ensemble_probs(histories) if settings.uses_ensemble else None
             leaves, _ = constrained_beam_search(
                 self.llm,
@@ -304,10 +316,21 @@ class LLMGenRec(SequentialRecommender):
         object.__setattr__(self, "_ensemble_model", model.requires_grad_(False).eval())
 
     def _bigrec_rank(
-        self, prompts: list[list[int]], k: int, exclude: torch.Tensor | None = None
+        self,
+        prompts: list[list[int]],
+        k: int,
+        exclude: torch.Tensor | None = None,
+        item_index: list[list[int]] | None = None,
     ) -> torch.Tensor:
-        """BIGRec: free beam search, then L2 grounding of each generation to every item title
+        """BIGRec: free beam search (from the prompt's temporal input embeddings when there are any, as
+        CETRec §5.1.4 evaluates), then L2 grounding of each generation to every item title
         (``exclude [U, n_items]``: items masked at grounding time, ``exclude_history``)."""
+        embed_fn = None
+        if item_index is not None:
+
+            def embed_fn(ids: torch.Tensor, row: int) -> torch.Tensor:
+                return self._embed(ids, torch.tensor([item_index[row]]))
+
         ranked = ground_generations(
             self.llm,
             prompts,
@@ -319,13 +342,16 @@ class LLMGenRec(SequentialRecommender):
             pad_token_id=self.prompts.pad_token_id,
             eos_token_id=self.prompts.eos_token_id,
             exclude=None if exclude is None else exclude[:, 1:],
+            embed_fn=embed_fn,
         )
         return torch.where(ranked >= 0, ranked + 1, -1).cpu()  # row 0 of the title table = item 1
 
     def _title_embeddings(self) -> torch.Tensor:
-        """Last-layer, last-token hidden state of every item title (cached until the weights change)."""
+        """Last-layer hidden state of every item title's last token, EOS excluded as in BIGRec (cached until
+        the weights change)."""
         if self._title_emb is None:
-            sequences = self.prompts.all_target_sequences()[1:]
+            eos = self.prompts.eos_token_id
+            sequences = [strip_eos(s, eos) for s in self.prompts.all_target_sequences()[1:]]
             self._title_emb = embed_token_sequences(
                 self.llm, sequences, pad_token_id=self.prompts.pad_token_id
             )
@@ -339,8 +365,10 @@ class LLMGenRec(SequentialRecommender):
         return super().train(mode)
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
-        """RecBole API: scores ``[B, n_items]`` whose order is the ranked list (reads only the history)."""
-        return ranking_to_scores(self.recommend(interaction, self.decoding.num_beams), self.n_items)
+        """RecBole API: scores ``[B, n_items]`` whose order is the ranked list (reads only the history); items
+        outside it get finite scores below it in training-popularity order (ties by id), never all −inf."""
+        ranked = self.recommend(interaction, self.decoding.num_beams)
+        return ranking_to_scores(ranked, self.n_items, self._fill_order)
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self, folder: str | Path) -> Path:

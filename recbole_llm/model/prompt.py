@@ -410,6 +410,10 @@ class PromptBuilder:
             out[b] = len(ids) + (len(self._target[target]) if target is not None else 0)
         return out
 
+    def kept_counts(self, histories: Sequence[Sequence[int]], targets: Sequence[int]) -> list[int]:
+        """Number of history items each training prompt keeps (``PromptBatch.history_len``, no tokens built)."""
+        return [len(self._kept(h, self._budget(int(t)), int(t))) for h, t in zip(histories, targets)]
+
     def build(
         self,
         histories: Sequence[Sequence[int]],

@@ -33,7 +33,10 @@ Worked example (tokens, EOS = 9), weights a=[1,2,9]:1, b=[1,3,9]:1, c=[5,9]:2, t
     IG(EOS edges) = 0 (single child); zero-IG tokens: the three EOS tokens.
 
 ``edge_ig_norm``: IG min-max normalised among the children of the same node (= the tokens allowed at that
-decoding step, IGD eq. 10). When all siblings have the same IG (in particular a single child) it is 0, i.e.
+decoding step, IGD eq. 10), over the children whose subtree has weight: an edge into titles never seen as
+a training target (weight 0) gets IG~ = 0 and leaves its siblings' min-max, so every other edge gets the
+IG~ of the reference's trie of training targets (its raw IG would be the parent's whole entropy, IG~ = 1,
+the strongest boost, for every unseen title when decoding over ``trie_items: all``). When all siblings have the same IG (in particular a single child) it is 0, i.e.
 the decoding weight ``1 - alpha * IG~`` is 1, exactly as the reference ``TrieLogitsProcessor`` (which sets
 the multiplier to 1.0 when ``max == min``); ``minmax_normalise_siblings(..., tie_value=1.0)`` gives the
 other reading (IG~ = 1) if ever wanted.
@@ -55,14 +58,19 @@ _IG_TIE_RTOL = 1e-9
 
 
 def minmax_normalise_siblings(
-    edge_ig: torch.Tensor, child_ptr: torch.Tensor, tie_value: float = 0.0
+    edge_ig: torch.Tensor,
+    child_ptr: torch.Tensor,
+    tie_value: float = 0.0,
+    include: torch.Tensor | np.ndarray | None = None,
 ) -> torch.Tensor:
     """Min-max normalise ``edge_ig`` within each node's children (contiguous CSR segments).
 
     Segments whose values are all equal (up to a 1e-9 relative tolerance, incl. single children) get
-    ``tie_value``; 0 reproduces the IGD reference decoding (multiplier 1).
+    ``tie_value``; 0 reproduces the IGD reference decoding (multiplier 1). ``include`` (bool per edge)
+    normalises over the included edges only; the others get 0.
     """
     ig = edge_ig.detach().cpu().to(torch.float64).numpy()
+    keep = np.ones(ig.shape[0], dtype=bool) if include is None else np.asarray(include, dtype=bool)
     ptr = child_ptr.detach().cpu().numpy()
     out = np.full(ig.shape[0], float(tie_value), dtype=np.float64)
     if ig.shape[0] == 0:
@@ -70,11 +78,13 @@ def minmax_normalise_siblings(
     counts = np.diff(ptr)
     starts = ptr[:-1][counts > 0]
     seg_counts = counts[counts > 0]
-    seg_min = np.repeat(np.minimum.reduceat(ig, starts), seg_counts)
-    seg_max = np.repeat(np.maximum.reduceat(ig, starts), seg_counts)
+    seg_min = np.repeat(np.minimum.reduceat(np.where(keep, ig, np.inf), starts), seg_counts)
+    seg_max = np.repeat(np.maximum.reduceat(np.where(keep, ig, -np.inf), starts), seg_counts)
     span = seg_max - seg_min
-    varies = span > _IG_TIE_RTOL * np.maximum(np.abs(seg_max), np.finfo(np.float64).tiny)
+    with np.errstate(invalid="ignore"):
+        varies = keep & (span > _IG_TIE_RTOL * np.maximum(np.abs(seg_max), np.finfo(np.float64).tiny))
     out[varies] = (ig[varies] - seg_min[varies]) / span[varies]
+    out[~keep] = 0.0
     return torch.from_numpy(out.astype(np.float32))
 
 
@@ -239,6 +249,11 @@ class TitleTrie:
         par = edge_parent
         edge_ig = (cs[leaf_start[c]] - cs[leaf_start[par]]) + (cs[leaf_end[par]] - cs[leaf_end[c]])
 
+        # Edges into subtrees without weight (titles never seen as a training target) are not in the IGD
+        # reference's trie of training targets: they get IG~ = 0 and leave their siblings' min-max.
+        wcs = np.concatenate([[0.0], np.cumsum(leaf_weight)])
+        seen = (wcs[leaf_end[c]] - wcs[leaf_start[c]]) > 0
+
         item_leaf = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
         item_leaf[ids] = seq_leaf
         t = torch.from_numpy
@@ -263,7 +278,7 @@ class TitleTrie:
             leaf_weight=t(leaf_weight),
             node_entropy=t(node_entropy),
             edge_ig=edge_ig_t,
-            edge_ig_norm=minmax_normalise_siblings(edge_ig_t, child_ptr_t),
+            edge_ig_norm=minmax_normalise_siblings(edge_ig_t, child_ptr_t, include=t(seen)),
             item_leaf=t(item_leaf),
         )
 

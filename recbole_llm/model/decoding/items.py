@@ -92,14 +92,22 @@ def fill_by_popularity(
     return out
 
 
-def ranking_to_scores(ranked: torch.Tensor, n_items: int, fill: float = float("-inf")) -> torch.Tensor:
-    """Scores ``[B, n_items]`` for RecBole's full-sort API: ``K − r`` at rank r, ``fill`` elsewhere.
+def ranking_to_scores(
+    ranked: torch.Tensor, n_items: int, fill_order: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Scores ``[B, n_items]`` for RecBole's full-sort API: ``K − r`` at rank r (all > 0).
 
-    ``torch.topk`` over these scores reproduces the ranked list exactly (scores are distinct); ``-1``
-    entries (a short list) get no score.
+    Items outside the list get finite scores below every listed one, in ``fill_order`` (item ids, best
+    first; default ascending id): ``−1, −2, …``, so any sort of the scores (any RecBole path) ranks the
+    listed items first and the rest deterministically. Item 0 (padding) and items absent from
+    ``fill_order`` get ``−inf``. ``torch.topk`` over the scores reproduces the ranked list exactly.
     """
     batch, k = ranked.shape
-    scores = torch.full((batch, n_items), fill, dtype=torch.float32, device=ranked.device)
+    if fill_order is None:
+        fill_order = torch.arange(1, n_items)
+    base = torch.full((n_items,), float("-inf"), dtype=torch.float32)
+    base[fill_order.cpu().long()] = -torch.arange(1, fill_order.numel() + 1, dtype=torch.float32)
+    scores = base.to(ranked.device).expand(batch, n_items).clone()
     values = torch.arange(k, 0, -1, dtype=torch.float32, device=ranked.device).expand(batch, k)
     valid = ranked >= 0
     scores[torch.nonzero(valid, as_tuple=True)[0], ranked[valid]] = values[valid]

@@ -119,6 +119,13 @@ class Objective:
         ones = torch.ones(token_pos.shape, dtype=torch.float32, device=token_pos.device)
         return dict.fromkeys(self.term_names, ones)
 
+    def validation_weights(
+        self, token_pos: Tensor, seq_len: Tensor, token_ig: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Per-token weights ``{NORMAL: [T]}`` of the validation (early-stopping) loss: by default the
+        training weights of the normal term; an objective whose reference stops on plain CE overrides it."""
+        return {NORMAL: self.token_weights(token_pos, seq_len, token_ig)[NORMAL]}
+
     def combine(
         self,
         logits_f: Tensor,
@@ -134,7 +141,7 @@ class Objective:
         """Numerator ``Σ w·ℓ`` of every active term; ``weighted_total`` divides by the batch's ``Σ w``.
 
         ``weights`` may carry precomputed per-token weights (``gather_token_weights``); ``training=False``
-        returns the normal term only (validation loss). Ignored labels (-100) have zero loss. The causal
+        returns the normal term only (validation loss, weighted by ``validation_weights``). Ignored labels (-100) have zero loss. The causal
         term is the weighted cross-entropy of ``logits_f − logits_cf`` (CFT Eq. (3), CETRec Eq. (9)).
         """
         active = self.active_terms(training)
@@ -143,12 +150,21 @@ class Objective:
                 f"objective {self.name!r} with lambda={self.coefficients[CAUSAL]} needs the counterfactual "
                 "logits: pass logits_cf, or set lambda: 0 to train without the causal loss."
             )
-        w = self._weights(token_pos, seq_len, token_ig, weights)
+        w = self._weights(token_pos, seq_len, token_ig, weights, training)
         terms = {NORMAL: weighted_loss_sum(token_cross_entropy(logits_f, labels), w[NORMAL])[0]}
         if CAUSAL in active:
             assert logits_cf is not None
             terms[CAUSAL] = causal_loss_terms(logits_f, logits_cf, labels, w[CAUSAL])[0]
         return terms
+
+    def check_temporal(self, kind: str) -> None:
+        """Raise if this objective cannot train with temporal embedding ``kind`` (none|sinpe|rope...)."""
+
+    def counterfactual_differs(self, history_len: Tensor) -> Tensor:
+        """Per sample (``history_len`` = history items kept in its prompt): whether its counterfactual input
+        differs from the factual one. Samples where it does not get causal weight 0, so they leave the
+        causal term's normaliser (their ``L_c`` is the constant log|V| with no gradient)."""
+        return torch.ones(history_len.shape, dtype=torch.bool, device=history_len.device)
 
     def counterfactual_inputs(
         self, prompts: PromptBuilder, batch: PromptBatch, histories: list[list[int]], targets: list[int]
@@ -162,9 +178,15 @@ class Objective:
         seq_len: Tensor,
         token_ig: Tensor | None,
         weights: Mapping[str, Tensor] | None,
+        training: bool = True,
     ) -> dict[str, Tensor]:
-        w = dict(weights) if weights is not None else self.token_weights(token_pos, seq_len, token_ig)
-        missing = [n for n in self.term_names if n not in w]
+        if weights is not None:
+            w = dict(weights)
+        elif training:
+            w = self.token_weights(token_pos, seq_len, token_ig)
+        else:
+            w = self.validation_weights(token_pos, seq_len, token_ig)
+        missing = [n for n in self.active_terms(training) if n not in w]
         if missing:
             raise ValueError(f"precomputed weights lack the term(s) {missing} of objective {self.name!r}")
         return w

@@ -6,6 +6,12 @@ default). CETRec §4.3: the counterfactual world erases the order, every history
 index (``cetrec_cf_index``: ``earliest`` by default, ``latest`` or an int). CETRec §4.4 Eq. (8)-(10):
 ``L = L_TA + λ L_CT``. Eqs. (8)-(9) write plain sums; we use the token mean (weights 1) so the scale does
 not depend on the batch size. The paper does not report its λ (grid {0.01, 0.1, 0.5, 1, 10}): default 0.1.
+
+Eq. (8) sums over every target token, so a sample whose counterfactual input equals the factual one (a
+one-item history: every index choice gives that item the index it already has) adds a constant with no
+gradient. Under the token mean such samples would only shrink the effective λ, so they get causal weight
+0 (``counterfactual_differs``): the mean runs over the tokens Eq. (8)'s gradient depends on. Without a
+temporal embedding both passes are identical and L_CT is the constant log|V|: refused (``check_temporal``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,20 @@ class CETRecObjective(CausalObjective):
 
     def hparams(self) -> dict[str, Any]:
         return {"objective": self.name, "lambda": self.lam, "cetrec_cf_index": self.cf_index}
+
+    def check_temporal(self, kind: str) -> None:
+        if kind == "none" and self.needs_counterfactual:
+            raise ValueError(
+                f"objective 'cetrec' with lambda={self.lam} and temporal_embedding=none: the counterfactual "
+                "pass would equal the factual one, so L_CT is the constant log|V| with no gradient. Use "
+                "temporal_embedding: rope (the paper's best) or sinpe, or lambda: 0 for CETRec without L_CT."
+            )
+
+    def counterfactual_differs(self, history_len: torch.Tensor) -> torch.Tensor:
+        """One kept history item: its index is 0, which 'earliest', 'latest' and the int 0 all give it."""
+        if isinstance(self.cf_index, int) and self.cf_index != 0:
+            return torch.ones(history_len.shape, dtype=torch.bool, device=history_len.device)
+        return history_len > 1
 
     def counterfactual_inputs(
         self, prompts: PromptBuilder, batch: PromptBatch, histories: list[list[int]], targets: list[int]

@@ -4,7 +4,9 @@ CFT §3.2.1 Eq. (3)-(4): ``L = L_n + λ L_c``, where ``L_c`` is the cross-entrop
 ``logits(with history) − logits(without history)``, both normalised by the total weight ``Ω``;
 CFT §3.2.2 Eq. (5): the weights decay linearly along the title, ``w_t = 1 − (1−β)(t−1)/(|y|−1)``.
 Keys: ``beta`` / ``beta_prime``, ``lambda``, ``cft_weight_normal_loss`` (also weight ``L_n``). Defaults
-follow the CFT reference code, which hard-codes β = 0.25 and λ = 0.1 and weights both terms.
+follow the CFT reference code, which hard-codes β = 0.25 and λ = 0.1 and weights both terms. Its
+early-stopping (validation) loss is the plain, unweighted cross-entropy of the factual pass, so ours is
+too (``validation_weights``): β and ``cft_weight_normal_loss`` do not change the validation loss.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class CFTObjective(CausalObjective):
         "cft_weight_normal_loss",
         "cft_counterfactual",
     )
-    loss_weight_keys: ClassVar[tuple[str, ...]] = ("beta", "beta_prime", "cft_weight_normal_loss")
+    loss_weight_keys: ClassVar[tuple[str, ...]] = ()  # validation loss = plain CE (validation_weights)
 
     def __init__(
         self, beta: float | None = None, lam: float | None = None, weight_normal_loss: bool | None = None
@@ -78,6 +80,12 @@ class CFTObjective(CausalObjective):
         if self.needs_counterfactual:
             out[CAUSAL] = decay
         return out
+
+    def validation_weights(
+        self, token_pos: Tensor, seq_len: Tensor, token_ig: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Weights 1: the CFT reference stops early on plain cross-entropy, not on the decayed loss."""
+        return {NORMAL: torch.ones(token_pos.shape, dtype=torch.float32, device=token_pos.device)}
 
     def counterfactual_inputs(
         self, prompts: PromptBuilder, batch: PromptBatch, histories: list[list[int]], targets: list[int]

@@ -116,16 +116,23 @@ class _WeightsTokens(Protocol):
         self, token_pos: Tensor, seq_len: Tensor, token_ig: Tensor | None = None
     ) -> dict[str, Tensor]: ...
 
+    def validation_weights(
+        self, token_pos: Tensor, seq_len: Tensor, token_ig: Tensor | None = None
+    ) -> dict[str, Tensor]: ...
+
 
 def item_token_weights(
-    objective: _WeightsTokens, item_lengths: Tensor, item_token_ig: Tensor | None = None
+    objective: _WeightsTokens,
+    item_lengths: Tensor,
+    item_token_ig: Tensor | None = None,
+    validation: bool = False,
 ) -> dict[str, Tensor]:
     """Per-item weight tables ``{term: [N, L_max]}``, computed once per dataset (0 beyond each length).
 
     ``item_lengths [N]`` is ``|y|`` of every item's target (title tokens + EOS; 0 for the padding item);
     ``item_token_ig [N, L_max]`` the IG of each of those tokens (IGD only). Weights depend only on the
     targets, so their row sums are the loss denominators, known before any forward pass. Look weights up
-    per step with ``gather_token_weights``.
+    per step with ``gather_token_weights``. ``validation`` tabulates the validation loss's weights instead.
     """
     lengths = torch.as_tensor(item_lengths, dtype=torch.long).reshape(-1)
     if (lengths < 0).any():
@@ -144,7 +151,8 @@ def item_token_weights(
     pos = torch.arange(1, width + 1).expand(lengths.numel(), width)
     seq = lengths[:, None].expand_as(pos)
     valid = (pos <= seq).float()
-    weights = objective.token_weights(
+    weigh = objective.validation_weights if validation else objective.token_weights
+    weights = weigh(
         pos.reshape(-1), seq.reshape(-1), None if item_token_ig is None else item_token_ig.reshape(-1)
     )
     return {k: v.reshape(pos.shape) * valid for k, v in weights.items()}
