@@ -20,14 +20,15 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_llm.config import Config
 from recbole_llm.data.dataset import SharedSplitDataset
+from recbole_llm.data.prepare import is_prepared
 from recbole_llm.ensemble import load_ensemble_model
 from recbole_llm.model import get_model
 from recbole_llm.model.decoding import decoding_keys
-from recbole_llm.trainer import get_trainer
+from recbole_llm.trainer import evaluation_trainer, get_trainer
 from recbole_llm.utils.checkpoint import safe_torch_load
 from recbole_llm.utils.io import read_json
 from recbole_llm.utils.results import jsonable, save_results, split_fingerprint
-from recbole_llm.utils.runs import find_in_run, find_run
+from recbole_llm.utils.runs import find_in_run, find_run, resolve_path
 
 
 def create_dataset(config: Config) -> SharedSplitDataset:
@@ -100,8 +101,50 @@ def resume_settings(
                 f"drop --{key} (--resume reads it from run.json) or resume another run folder."
             )
     merged = {k: v for k, v in (info.get("overrides") or {}).items() if k not in ("model", "dataset")}
+    merged.update(_where_run_is_now(info, info_file.parent, info_file.parent / "best", config_dict))
     merged.update(config_dict or {})
     return info["model"], info["dataset"], merged
+
+
+def _where_run_is_now(
+    info: dict[str, Any], anchor: Path, checkpoint: Path, given: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``data_path``, ``checkpoint_dir`` (and ``results_dir``) of a run where it lies now, as overrides.
+
+    The run's recorded settings name the folders of the working folder it was trained in; these point at
+    the prepared data the run recorded and at the run's own folders, so reading, re-decoding or resuming
+    a run from elsewhere (or after moving its results and ``saved/`` together) neither prepares a dataset
+    nor creates ``saved/`` or ``results/`` in the working folder.
+    """
+    local: dict[str, Any] = {}
+    data, tried = resolve_path(info, "data", anchor)
+    if data is not None:
+        local["data_path"] = str(data.parent.resolve())
+    elif tried and not ((given or {}).get("data_path") or _requested("data_path", None)):
+        raise FileNotFoundError(
+            f"The prepared dataset {info.get('dataset')} of this run is not at {' or '.join(map(str, tried))}: "
+            f"pass --data_path=<the folder that holds {info.get('dataset')}/> (or data_path in config_dict)."
+        )
+    # An existing folder, so the trainer creates none (RecBole's Trainer makes checkpoint_dir).
+    local["checkpoint_dir"] = str(
+        (checkpoint.parent.parent if checkpoint.is_dir() else checkpoint.parent).resolve()
+    )
+    found, _ = resolve_path(info, "results", anchor)
+    if found is not None:
+        local["results_dir"] = str(found.parent.resolve())
+    elif anchor.name == info.get("dataset"):  # a results JSON in <results_dir>/<dataset>/
+        local["results_dir"] = str(anchor.parent.resolve())
+    return local
+
+
+def _check_data(config: Config) -> None:
+    """Refuse a run whose prepared data is missing instead of preparing a new copy where it is read."""
+    if is_prepared(config["dataset"], config["data_root"]):
+        return
+    raise FileNotFoundError(
+        f"The prepared dataset {config['dataset']} of this run is not at {config['data_path']}: pass "
+        f"--data_path=<the folder that holds {config['dataset']}/> (or data_path in config_dict)."
+    )
 
 
 def run_recbole_llm(
@@ -203,6 +246,55 @@ def _hyper_parameters(model) -> dict[str, Any]:
     return {"hyper_parameters": model.hyper_parameters()} if hasattr(model, "hyper_parameters") else {}
 
 
+def _find_run(path: str | Path) -> tuple[dict[str, Any], Path, Path]:
+    """A results JSON's (or run folder's ``run.json``) info, its checkpoint, and the folder holding the info."""
+    info, info_file = find_run(path)
+    path = Path(path)
+    if path.is_dir():
+        if info_file is None:
+            raise FileNotFoundError(
+                f"{path} holds no run.json: pass a results JSON or a run folder under saved/."
+            )
+        anchor, checkpoint = info_file.parent, info_file.parent / "best"
+    else:
+        if not info.get("checkpoint"):
+            raise ValueError(
+                f"{path} records no checkpoint (the run used saved=False): retrain with saving on."
+            )
+        anchor = path.parent
+        found, tried = resolve_path(info, "checkpoint", anchor)
+        if found is None:
+            raise FileNotFoundError(
+                f"{path} records its checkpoint at {' or '.join(map(str, tried))}, and none exists: move the "
+                "results and saved/ folders together (the paths are relative to each other), or pass the run "
+                "folder under saved/ instead."
+            )
+        checkpoint = found.resolve()
+    return info, checkpoint, anchor
+
+
+def _run_config(
+    info: dict[str, Any], local: dict[str, Any], config_dict: dict[str, Any] | None, **kwargs
+) -> Config:
+    """The run's recorded overrides, then where its folders are now, then the settings given now."""
+    overrides = dict(info.get("overrides") or {})
+    overrides.update(local)
+    overrides.update(config_dict or {})
+    overrides.pop("resume", None)
+    config = Config(model=info["model"], dataset=info["dataset"], config_dict=overrides, **kwargs)
+    _check_data(config)
+    return config
+
+
+def _console_logging(config: Config) -> None:
+    """RecBole's log level on the console only: reading a run writes no ``log/`` file."""
+    state = str(config["state"] or "INFO").upper()
+    logger = getLogger()
+    logger.setLevel(getattr(logging, state, logging.INFO))
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler())
+
+
 class Trained(NamedTuple):
     """A finished run, reloaded: config, model with its best weights, and the shared-split dataloaders."""
 
@@ -213,29 +305,16 @@ class Trained(NamedTuple):
     test_data: Any
 
 
-def _find_run(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """Read a results JSON (or a run folder's ``run.json``) and return it with the checkpoint path."""
-    info, info_file = find_run(path)
-    if Path(path).is_dir():
-        if info_file is None:
-            raise FileNotFoundError(
-                f"{path} holds no run.json: pass a results JSON or a run folder under saved/."
-            )
-        return info, info_file.parent / "best"
-    if not info.get("checkpoint"):
-        raise ValueError(f"{path} records no checkpoint (the run used saved=False): retrain with saving on.")
-    return info, Path(info["checkpoint"])
-
-
 def load_trained(path: str | Path, config_dict: dict[str, Any] | None = None) -> Trained:
-    """Reload a finished run from its results JSON or run folder, without retraining."""
-    info, checkpoint = _find_run(path)
-    overrides = dict(info.get("overrides") or {})
-    overrides.update(config_dict or {})
-    overrides.pop("resume", None)
-    config = Config(model=info["model"], dataset=info["dataset"], config_dict=overrides)
-    init_logger(config)
-    _, (train_data, valid_data, test_data), model, trainer = load_run(config, quiet=True)
+    """Reload a finished run from its results JSON or run folder, without retraining.
+
+    Works from any working folder and creates nothing: no trainer, no log file, no dataset preparation.
+    """
+    info, checkpoint, anchor = _find_run(path)
+    local = _where_run_is_now(info, anchor, checkpoint, config_dict)  # analyses write beside its results
+    config = _run_config(info, local, config_dict)
+    _console_logging(config)
+    _, (train_data, valid_data, test_data), model, _ = load_run(config, quiet=True, with_trainer=False)
     _load_weights(model, checkpoint, config)
     return Trained(config, model, train_data, valid_data, test_data)
 
@@ -262,6 +341,7 @@ EVALUATION_KEYS = frozenset(
         "show_progress",
         "state",
         "results_dir",
+        "checkpoint_dir",
         "use_gpu",
         "gpu_id",
         "device",
@@ -287,20 +367,17 @@ def evaluate_run(
     :data:`EVALUATION_KEYS` may differ: anything else would change the model.
     The result is saved as a new results JSON (``evaluated_from`` names the run).
     """
-    info, checkpoint = _find_run(path)
+    info, checkpoint, anchor = _find_run(path)
     for key, given in (("model", model), ("dataset", dataset)):
         if given is not None and given != info[key]:
             raise ValueError(
                 f"--{key}={given} but {path} was trained with {key}={info[key]}: drop --{key} "
                 "(--evaluate reads it from the run) or evaluate another run."
             )
-    overrides = dict(info.get("overrides") or {})
-    overrides.update(config_dict or {})
-    overrides.pop("resume", None)
-    overrides["evaluate"] = str(path)
-    config = Config(
-        model=info["model"], dataset=info["dataset"], config_file_list=config_file_list, config_dict=overrides
-    )
+    given = dict(config_dict or {})
+    given["evaluate"] = str(path)
+    local = _where_run_is_now(info, anchor, checkpoint, given)  # results go beside the evaluated run's
+    config = _run_config(info, local, given, config_file_list=config_file_list)
     recorded = info.get("config") or info.get("overrides") or {}
     allowed = EVALUATION_KEYS | set(decoding_keys())
     changed = sorted(
@@ -314,9 +391,11 @@ def evaluate_run(
             f"itself (trained with {', '.join(f'{k}={recorded[k]!r}' for k in changed)}): train a new run "
             f"for that, or change only decoding keys ({', '.join(sorted(allowed - {'evaluate'}))})."
         )
-    logger = _start_logging(config)
+    _console_logging(config)  # the results JSON is this command's record: no log/ file
+    logger = getLogger()
     start = time.time()
-    _, (_, _, test_data), model_obj, trainer = load_run(config, quiet=True)
+    _, (_, _, test_data), model_obj, _ = load_run(config, quiet=True, with_trainer=False)
+    trainer = evaluation_trainer(config, model_obj)
     _load_weights(model_obj, checkpoint, config)
     test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
     logger.info(set_color("test result", "yellow") + f": {test_result}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -227,9 +228,9 @@ def run_compare(
     """Write ``comparison.csv``, ``comparison.md`` (and ``comparison.png``) and print the Markdown."""
     results = load_results(paths)
     table = comparison_table(results, base=base, metrics=metrics, keep_all=keep_all, sort_by=sort_by)
-    if output is None:
-        dirs = [Path(p) for p in paths if Path(p).is_dir()]
-        output = dirs[0] if len(dirs) == 1 else Path(".")
+    if output is None:  # beside the results compared (never the working folder, which may be anywhere)
+        folders = [str((Path(p) if Path(p).is_dir() else Path(p).parent).resolve()) for p in paths]
+        output = Path(os.path.commonpath(folders))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "comparison.csv", "md": out / "comparison.md"}

@@ -33,6 +33,7 @@ from recbole_llm.trainer.resume import ResumableTraining, empty_epoch_sums
 from recbole_llm.utils.checkpoint import restore_rng_state
 from recbole_llm.utils.io import write_json_atomic
 from recbole_llm.utils.results import config_snapshot, jsonable, run_name
+from recbole_llm.utils.runs import record_path
 
 
 class LLMTrainer(ResumableTraining, Trainer):
@@ -342,6 +343,14 @@ class LLMTrainer(ResumableTraining, Trainer):
             "objective": config["objective"],
             "decoder": config["decoder"],
             "checkpoint": str(self.run_dir / "best"),
+            # Relative to the run folder and absolute (utils/runs.py): resumable and reloadable when moved.
+            "paths": {
+                "checkpoint": record_path(self.run_dir / "best", self.run_dir),
+                "data": record_path(config["data_path"], self.run_dir),
+                "results": record_path(
+                    Path(config["results_dir"] or "results") / config["dataset"], self.run_dir
+                ),
+            },
             "tensorboard_dir": os.path.abspath(self.tensorboard.log_dir),
             "config": config_snapshot(config),
             "overrides": {k: jsonable(v) for k, v in config.external_config_dict.items() if k != "resume"},
@@ -454,8 +463,19 @@ def _objective_loss(model, means: dict[str, float]) -> float:
     return weighted_total(means, dict.fromkeys(means, 1.0), model.loss_coefficients)
 
 
+class NoTensorBoard:
+    """A ``SummaryWriter`` that writes nothing (and creates no folder): re-decoding a finished run logs no curves."""
+
+    log_dir = None
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 def _own_tensorboard(writer, name: str):
     """Replace RecBole's writer by one writing to ``log_tensorboard/<name>``; drop its empty events file."""
+    if isinstance(writer, NoTensorBoard):
+        return writer
     event_writer = getattr(writer._get_file_writer(), "event_writer", None)
     empty = Path(getattr(event_writer, "_file_name", "") or "")
     writer.close()

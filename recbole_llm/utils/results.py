@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from recbole_llm.utils.io import write_json_atomic
+from recbole_llm.utils.runs import record_path
 
 # Config keys that describe the machine or RecBole internals rather than the experiment.
 _SKIP_KEYS = {
@@ -89,6 +90,12 @@ def save_results(config, result: Mapping[str, Any]) -> Path:
     out_dir = Path(config["results_dir"] or "results") / config["dataset"]
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{run_name(config)}-{stamp}.json"
+    result = dict(result)
+    # Paths relative to this file and absolute (utils/runs.py): the run reloads from any folder, or moved.
+    paths = {"data": record_path(config["data_path"], out_dir)}
+    if result.get("checkpoint"):
+        paths["checkpoint"] = record_path(result["checkpoint"], out_dir)
+        result["checkpoint"] = paths["checkpoint"]["absolute"]
     payload = {
         "run": run_name(config),
         "model": config["model"],
@@ -100,6 +107,7 @@ def save_results(config, result: Mapping[str, Any]) -> Path:
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
         + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
         **{k: jsonable(v) for k, v in result.items()},
+        "paths": paths,
         "config": config_snapshot(config),
         "overrides": {k: jsonable(v) for k, v in config.external_config_dict.items() if k not in _SKIP_KEYS},
     }
