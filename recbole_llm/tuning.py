@@ -24,11 +24,25 @@ import pandas as pd
 from recbole.trainer.hyper_tuning import HyperTuning
 
 from recbole_llm import quick_start
-from recbole_llm.config import Config
+from recbole_llm.config import Config, properties_dir
 from recbole_llm.model.decoding import decoding_keys
 from recbole_llm.model.objectives import loss_weight_keys
 
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
+
+
+def resolve_params_file(path: str | Path) -> Path:
+    """``path`` itself, or for ``properties/hyper/<name>`` the packaged copy, so the README's commands
+    also work for a pip-installed package run from any folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    packaged = properties_dir() / "hyper" / path.name
+    if path.parent.as_posix().endswith("properties/hyper") and packaged.is_file():
+        return packaged
+    raise FileNotFoundError(
+        f"Params file {path} does not exist: see {properties_dir() / 'hyper'}/*.hyper for examples."
+    )
 
 
 def parse_params_file(path: str | Path) -> dict[str, tuple[str, Any]]:
@@ -36,11 +50,7 @@ def parse_params_file(path: str | Path) -> dict[str, tuple[str, Any]]:
 
     Ranges may be written ``a,b`` (RecBole) or ``a b``; choices are Python literals.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Params file {path} does not exist: see properties/hyper/*.hyper for examples."
-        )
+    path = resolve_params_file(path)
     params: dict[str, tuple[str, Any]] = {}
     for lineno, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
