@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import recbole_llm.quick_start
+import recbole_llm.cli
 from recbole_llm.model.decoding.settings import DECODING_KEYS
 from recbole_llm.reporting import compare as cmp
 from recbole_llm.reporting.labels import IGNORED_KEYS, label_keys, labels_for, metric_title
@@ -172,7 +172,7 @@ def test_the_training_script_logs_the_same_split_report_after_the_run(results_di
         calls.append(kwargs)
         return {"results_file": str(results_dir / "d.json")}
 
-    monkeypatch.setattr(recbole_llm.quick_start, "run_recbole_llm", fake_run)
+    monkeypatch.setattr(recbole_llm.cli, "run_recbole_llm", fake_run)
     monkeypatch.setattr("sys.argv", ["run_recbole_llm.py", "--model=SASRec"])
     with caplog.at_level(logging.INFO):
         runpy.run_path(str(ROOT / "run_recbole_llm.py"), run_name="__main__")
