@@ -29,9 +29,15 @@ import sys
 from typing import Any
 
 from recbole_llm.tuning import build_parser, tune
+from recbole_llm.utils.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """A user mistake ends in one line and exit code 2 (``--debug``: with the traceback)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> dict[str, Any]:
     args, rest = build_parser(__doc__).parse_known_args(sys.argv[1:] if argv is None else argv)
     # RecBole's Config reads every --key=value of sys.argv: leave it only the fixed overrides.
     sys.argv = [sys.argv[0], *rest]

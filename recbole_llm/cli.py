@@ -30,6 +30,7 @@ from recbole.utils import set_color
 from recbole_llm.quick_start import run_recbole_llm
 from recbole_llm.reporting.compare import same_split_report
 from recbole_llm.trainer import TrainingStopped
+from recbole_llm.utils.errors import run_cli
 
 
 def log_same_split_report(results_file: str, logger: Logger | None = None) -> None:
@@ -45,9 +46,14 @@ def log_same_split_report(results_file: str, logger: Logger | None = None) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``recbole-llm ...`` and ``python run_recbole_llm.py ...``: one entry point, one behaviour."""
+    """``recbole-llm ...`` and ``python run_recbole_llm.py ...``: one entry point, one behaviour; a user
+    mistake ends in ``error: <message>`` and exit code 2 (``--debug``: with the traceback)."""
+    run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument(
         "--model", "-m", type=str, default=None, help="LLMGenRec, SASRec, GRU4Rec, Caser, ... [SASRec]"

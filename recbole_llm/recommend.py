@@ -22,6 +22,7 @@ from typing import Any
 from recbole_llm.model import is_generative
 from recbole_llm.quick_start import Trained, load_trained
 from recbole_llm.trainer.precision import decoding_precision
+from recbole_llm.utils.errors import UserError, run_cli
 
 
 class Recommender:
@@ -41,6 +42,13 @@ class Recommender:
     def load(cls, path: str | Path) -> Recommender:
         return cls(load_trained(path))
 
+    def list_length(self) -> int:
+        """The longest list this run gives: one item per beam (generative), else every item."""
+        decoding = getattr(self.model, "decoding", None)
+        if is_generative(self.model) and decoding is not None:
+            return int(decoding.num_beams)
+        return len(self.titles) - 1
+
     def item_of(self, title: str) -> int:
         """Internal item id of a title; a clear error with close matches when the title is unknown."""
         if title in self._by_title:
@@ -53,6 +61,7 @@ class Recommender:
         """Top-``k`` items for a history given as titles (oldest first)."""
         if not history:
             raise ValueError("The history is empty: give at least one title the user interacted with.")
+        check_k(k, self.list_length())
         items = [self.item_of(t) for t in history]
         if is_generative(self.model):
             with decoding_precision(self.model):  # the run's own autocast: the same lists as its test
@@ -64,6 +73,12 @@ class Recommender:
             for r, i in enumerate(ranked)
             if i > 0
         ]
+
+
+def check_k(k: int, longest: int) -> None:
+    """``--k`` between 1 and the run's list length: 0 or -1 printed nothing or 9 items, 50 printed 10."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= longest:
+        raise UserError(f"--k={k!r} must be between 1 and {longest} (this run's list length).")
 
 
 def _rank_with_scores(model, trained: Trained, items: list[int], k: int) -> list[int]:
@@ -111,4 +126,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

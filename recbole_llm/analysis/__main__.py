@@ -21,6 +21,7 @@ from typing import Any
 
 from recbole_llm.reporting.labels import DEFAULT_METRICS
 from recbole_llm.utils.config_access import parse_value
+from recbole_llm.utils.errors import run_cli
 
 # command -> the function that runs it, loaded when the command runs (as get_model loads a model): the
 # model analyses import the whole training stack (seconds), which ``compare`` never needs.
@@ -133,4 +134,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -18,6 +18,7 @@ from recbole_llm.data.prepare import (
     summary_table,
 )
 from recbole_llm.data.protocol import SPLIT_PROTOCOLS
+from recbole_llm.utils.errors import run_cli
 
 
 def _optional_date(value: str) -> str | None:
@@ -130,4 +131,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

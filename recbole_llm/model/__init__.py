@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from pathlib import Path
+
+import recbole
+
+from recbole_llm.utils.errors import UserError
 
 PLUGIN_MODELS: dict[str, str] = {"LLMGenRec": "recbole_llm.model.llm_gen_rec"}
 
@@ -41,12 +46,12 @@ def get_model(model_name: str) -> type:
     recbole_sequential = _recbole("sequential_recommender")
     if model_name in _classes(recbole_sequential):
         return getattr(recbole_sequential, model_name)
-    others = [
-        _recbole(kind)
-        for kind in ("general_recommender", "context_aware_recommender", "knowledge_aware_recommender")
-    ]
-    if any(model_name in _classes(module) for module in others):
-        raise ValueError(
+    # RecBole's other models, by their YAML files: importing their modules needs lightgbm, xgboost, ...
+    recbole_models = {
+        file.stem for file in (Path(recbole.__file__).parent / "properties" / "model").glob("*.yaml")
+    }
+    if model_name in recbole_models:
+        raise UserError(
             f"{model_name} is not a sequential model: recbole-llm compares sequential recommenders on one "
             "shared split of (user, history, target) samples. Use SASRec, GRU4Rec, Caser or another "
             "sequential model."
@@ -54,7 +59,7 @@ def get_model(model_name: str) -> type:
     by_lower = {name.lower(): name for name in known_models()}
     close = [by_lower[n] for n in difflib.get_close_matches(model_name.lower(), by_lower, n=3, cutoff=0.6)]
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    raise ValueError(
+    raise UserError(
         f"Unknown model {model_name!r}.{hint} Use recbole-llm's LLMGenRec or a RecBole sequential model "
         f"such as SASRec, GRU4Rec or Caser (names are case-sensitive). Known: {', '.join(known_models())}."
     )

@@ -34,14 +34,18 @@ def as_number(value: Any, key: str, hint: str) -> float:
 
 
 def parse_value(text: str) -> Any:
-    """Turn a ``--key=value`` string into a Python value without ``eval`` (RecBole uses ``eval``)."""
+    """Turn a ``--key=value`` string into a Python value without ``eval`` (RecBole uses ``eval``).
+
+    ``None``, ``null`` and ``~`` are None; ``none`` stays the string ``'none'``, a value several keys take
+    (``temporal_embedding=none``, ``fill=none``): read as None it silently meant the key's default.
+    """
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         lowered = text.strip().lower()
         if lowered in {"true", "false"}:
             return lowered == "true"
-        if lowered in {"none", "null", "~"}:
+        if lowered in {"null", "~"}:
             return None
         stripped = text.strip()
         if stripped.startswith("[") and stripped.endswith("]"):
