@@ -24,6 +24,8 @@ from recbole.utils import argument_list
 from recbole_llm.data.prepare import split_data_root
 from recbole_llm.data.protocol import check_split_protocol
 from recbole_llm.model import get_model
+from recbole_llm.model.decoding.scorers import scorer_keys
+from recbole_llm.model.objectives import OBJECTIVES
 from recbole_llm.utils.config_access import check_exclude_history, parse_value
 from recbole_llm.utils.errors import UserError, UserFileError
 
@@ -124,14 +126,12 @@ def _folder_keys(folder: Path) -> frozenset[str]:
 
 def model_keys(model: str) -> frozenset[str]:
     """The keys of ``model`` (RecBole's ``model/<model>.yaml``, this plugin's, and for LLMGenRec every
-    registered scorer's keys, so a scorer added at run time brings its keys)."""
+    registered scorer's and objective's keys, so one added at run time brings its keys)."""
     keys = yaml_file_keys(_RECBOLE_PROPERTIES / "model" / f"{model}.yaml") | yaml_file_keys(
         properties_dir() / "model" / f"{model}.yaml"
     )
-    if model in ("LLMGenRec",):
-        from recbole_llm.model.decoding.scorers import scorer_keys
-
-        keys |= scorer_keys()
+    if model == "LLMGenRec":
+        keys |= scorer_keys() | {key for cls in OBJECTIVES.values() for key in cls.keys}
     return keys
 
 

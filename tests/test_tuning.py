@@ -115,14 +115,27 @@ def test_loss_is_minimised_through_recbole_hypertuning(tmp_path, monkeypatch):
     assert "lower is better" in (tmp_path / "hyper" / "hyper_trials.md").read_text()
 
 
-def test_searched_keys_cannot_also_be_fixed(tmp_path, monkeypatch):
+def _refused(capsys, message: str, argv: list[str]) -> None:
+    """run_hyper.py turns a user mistake into one ``error:`` line on stderr and exit code 2."""
+    with pytest.raises(SystemExit) as stop:
+        run_hyper.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_searched_keys_cannot_also_be_fixed(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["run_hyper.py"])
     params = _params(tmp_path, "learning_rate choice [0.1, 0.01]\n")
-    with pytest.raises(ValueError, match="both searched"):
-        run_hyper.main(["--model=SASRec", "--dataset=tiny", f"--params_file={params}", "--learning_rate=0.5"])
+    _refused(
+        capsys,
+        "both searched",
+        ["--model=SASRec", "--dataset=tiny", f"--params_file={params}", "--learning_rate=0.5"],
+    )
     ranges = _params(tmp_path, "learning_rate loguniform -9 -4\n")
-    with pytest.raises(ValueError, match="random or --algo=bayes"):
-        run_hyper.main(["--model=SASRec", "--dataset=tiny", f"--params_file={ranges}"])
+    _refused(
+        capsys, "random or --algo=bayes", ["--model=SASRec", "--dataset=tiny", f"--params_file={ranges}"]
+    )
 
 
 def test_end_to_end_grid_on_sasrec(tmp_path, monkeypatch):
@@ -152,11 +165,12 @@ def test_end_to_end_grid_on_sasrec(tmp_path, monkeypatch):
     assert (out["output"] / "hyper_result.txt").is_file()
 
 
-def test_llm_search_on_loss_refuses_decoding_only_keys(tmp_path, monkeypatch):
+def test_llm_search_on_loss_refuses_decoding_only_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["run_hyper.py"])
     params = _params(tmp_path, "ig_alpha choice [0.0, 0.2]\n")
-    with pytest.raises(ValueError, match="valid_metric=NDCG@10"):
-        run_hyper.main(["--model=LLMGenRec", "--dataset=tiny", f"--params_file={params}"])
+    _refused(
+        capsys, "valid_metric=NDCG@10", ["--model=LLMGenRec", "--dataset=tiny", f"--params_file={params}"]
+    )
     tuning.check_selection("LLMGenRec", "NDCG@10", tuning.parse_params_file(params))  # fine on a metric
     tuning.check_selection("SASRec", "loss", tuning.parse_params_file(params))  # not an LLM key there
 
