@@ -6,7 +6,9 @@ Paper facts (CETRec §4.2-4.3) and our reading of them:
   "(p_9, …, p_2, p_1, p_0)") gets the same temporal embedding ``p_k`` on top of the token embedding and
   the LLM's own positional encoding: ``I_t = x_t + p_t + p_k`` (Eq. 6). Tokens outside history items
   (instruction, separators, quotes, the target and generated tokens) get nothing ("p_k is set to null").
-  Only the title tokens of an item count as the item.
+  Only the title tokens of an item count as the item (the §4.2.1 example indexes the 5 tokens of
+  "Shawshank Redemption"); ``temporal_scope: piece`` also indexes the separator and quotes around it
+  (the behaviour before issue 12). The prompt builder decides this (``PromptBatch.item_index``).
 * SinPE: the fixed Transformer table of Eq. (3), ``p_{k,2i} = sin(k / 10000^{2i/d})``,
   ``p_{k,2i+1} = cos(k / 10000^{2i/d})`` -- no learnable parameters and no scale in the paper. We expose
   ``scale`` (default 1.0 = paper) because an un-scaled table has norm ``sqrt(d/2)`` (≈ 21 for d = 896),
