@@ -64,25 +64,47 @@ def test_d3_prompt_text_and_labels(tok, builder):
 
 
 def test_item_index_by_hand(tok, builder):
+    """CETRec §4.2.1: only the title tokens of a history item get its index; separators and quotes get -1."""
     batch = builder.build([[3, 6, 5]], [1])
     ids, index = row(batch), batch.item_index[0, : batch.lengths[0]].tolist()
-    # Each item's tokens decode to exactly its piece; 0 = most recent item (5), 2 = oldest (3).
-    assert tok.decode([t for t, k in zip(ids, index) if k == 0]) == ', "Tetris"'
-    assert tok.decode([t for t, k in zip(ids, index) if k == 1]) == ', "Doom"'
-    assert tok.decode([t for t, k in zip(ids, index) if k == 2]) == ' "Super Mario Odyssey"'
+    # 0 = most recent item (5), 2 = oldest (3); each index covers exactly the title's tokens.
+    assert tok.decode([t for t, k in zip(ids, index) if k == 0]) == "Tetris"
+    assert tok.decode([t for t, k in zip(ids, index) if k == 1]) == "Doom"
+    assert tok.decode([t for t, k in zip(ids, index) if k == 2]) == "Super Mario Odyssey"
     assert set(index) == {-1, 0, 1, 2}
-    # Tokens of an item are contiguous, ordered oldest → newest, and the text around them is -1.
+    # Position by position (the tiny tokenizer splits ' "' and '"' from the titles): head, then for each
+    # item its lead (' "' or ', "') at -1, the title at k, the closing quote at -1; response and target -1.
     enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
-    n_head, n3, n6, n5 = (
-        len(enc(D3_HEAD)),
-        len(enc(' "Super Mario Odyssey"')),
-        len(enc(', "Doom"')),
-        len(enc(', "Tetris"')),
-    )
-    expected = [-1] * n_head + [2] * n3 + [1] * n6 + [0] * n5
+    expected = [-1] * len(enc(D3_HEAD))
+    for lead, title, k in ((' "', "Super Mario Odyssey", 2), (', "', "Doom", 1), (', "', "Tetris", 0)):
+        assert enc(lead + title + '"') == enc(lead) + enc(title) + enc('"')
+        expected += [-1] * len(enc(lead)) + [k] * len(enc(title)) + [-1] * len(enc('"'))
     expected += [-1] * (len(ids) - len(expected))
     assert index == expected
     assert batch.item_index[0, batch.lengths[0] :].eq(-1).all()
+    assert builder.prompt_item_index([3, 6, 5]) == index[: len(builder.prompt_ids([3, 6, 5]))]
+
+
+def test_item_index_piece_scope_covers_separators_and_quotes(tok):
+    builder = PromptBuilder(tok, TITLES, "d3", GAMES, temporal_scope="piece")
+    batch = builder.build([[3, 6, 5]], [1])
+    ids, index = row(batch), batch.item_index[0, : batch.lengths[0]].tolist()
+    assert tok.decode([t for t, k in zip(ids, index) if k == 0]) == ', "Tetris"'
+    assert tok.decode([t for t, k in zip(ids, index) if k == 2]) == ' "Super Mario Odyssey"'
+    with pytest.raises(ValueError, match="temporal_scope"):
+        PromptBuilder(tok, TITLES, "d3", GAMES, temporal_scope="item")
+
+
+def test_item_index_title_scope_with_merged_boundary_tokens(tok):
+    """A token that straddles the title boundary counts as title; text outside the title never does."""
+    template = PromptTemplate.from_config({"prompt_template": "custom", "prompt_item_format": "<{title}>"})
+    titles = ["[PAD]", "ab", "Tetris"]
+    builder = PromptBuilder(tok, titles, template, GAMES)
+    batch = builder.build([[1, 2]], [1])
+    ids, index = row(batch), batch.item_index[0, : batch.lengths[0]].tolist()
+    assert tok.decode([t for t, k in zip(ids, index) if k == 0]).strip("<>") == "Tetris"
+    assert tok.decode([t for t, k in zip(ids, index) if k == 1]).strip("<>") == "ab"
+    assert all(k == -1 for t, k in zip(ids, index) if tok.decode([t]) in (", ", ",", " <", "<", ">"))
 
 
 def test_batch_padding_and_target_positions(tok, builder):

@@ -135,6 +135,13 @@ class LLMGenRec(SequentialRecommender):
             embeds = self.temporal(embeds, item_index.to(embeds.device))
         return embeds
 
+    def _position_offset(self, item_index: torch.Tensor | None) -> torch.Tensor | None:
+        """Added to the position ids (``temporal_embedding: rope_attention``), else None."""
+        if self.temporal is None or item_index is None:
+            return None
+        offset = self.temporal.position_offset(item_index)
+        return None if offset is None else offset.to(self.llm.device)
+
     def _target_logits(self, batch, item_index: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[T, V]`` at the positions that predict the target tokens, in (sample, position) order.
 
@@ -151,10 +158,13 @@ class LLMGenRec(SequentialRecommender):
         embeds = self._embed(batch.input_ids[:, n:].to(device), index[:, n:])
         mask = batch.attention_mask[:, n:].to(device)
         kwargs: dict[str, Any] = {"use_cache": True} if keep_cache else {}
+        offset = self._position_offset(index[:, n:])
+        if past is not None or offset is not None:
+            positions = torch.arange(n, n + embeds.shape[1], device=device).expand(embeds.shape[0], -1)
+            kwargs["position_ids"] = positions if offset is None else positions + offset
         if past is not None:
             mask = torch.cat([mask.new_ones(mask.shape[0], n), mask], 1)
-            positions = torch.arange(n, n + embeds.shape[1], device=device).expand(embeds.shape[0], -1)
-            kwargs = {"past_key_values": past[0], "use_cache": True, "position_ids": positions}
+            kwargs.update(past_key_values=past[0], use_cache=True)
         out = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         rows, cols = batch.predict_positions
         logits = self.llm.get_output_embeddings()(
@@ -258,6 +268,7 @@ class LLMGenRec(SequentialRecommender):
                 batch_size=settings.decode_batch_size,
                 prompt_item_index=item_index,
                 embed_fn=self._embed if self.temporal is not None else None,
+                position_offset_fn=self._position_offset if self.temporal is not None else None,
                 scorers=build_scorers(settings, ensemble, self.extra_scorers),
                 exclude_items=histories if self.exclude_history else None,
             )
@@ -325,6 +336,11 @@ class LLMGenRec(SequentialRecommender):
         """BIGRec: free beam search (from the prompt's temporal input embeddings when there are any, as
         CETRec §5.1.4 evaluates), then L2 grounding of each generation to every item title
         (``exclude [U, n_items]``: items masked at grounding time, ``exclude_history``)."""
+        if self.temporal is not None and self.temporal.kind == "rope_attention":
+            raise ValueError(
+                "temporal_embedding: rope_attention moves history tokens' position ids, which free generation "
+                "(HF generate) cannot take; decode with d3 / constrained / igd, or train with rope or sinpe."
+            )
         embed_fn = None
         if item_index is not None:
 

@@ -65,6 +65,10 @@ _NUMBER_WORDS = [
     "twenty",
 ]
 COUNTERFACTUAL_MODES = ("placeholder", "drop")
+# Which tokens of a history item's piece get its temporal index (CETRec §4.2.1: "every token that
+# constitutes the item", its example counts the title's tokens only): "title" (default) or "piece"
+# (also the separator and quotes, the behaviour before issue 12; kept to reproduce older runs).
+TEMPORAL_SCOPES = ("title", "piece")
 
 
 # --------------------------------------------------------------------------------------- batch
@@ -72,8 +76,9 @@ COUNTERFACTUAL_MODES = ("placeholder", "drop")
 class PromptBatch:
     """Right-padded prompts ``[B, L]`` plus where the target tokens are.
 
-    ``labels`` is ``-100`` except at target tokens. ``item_index`` is, for every token of a history
-    item's piece, the item's distance from the most recent item (0 = most recent), else ``-1``.
+    ``labels`` is ``-100`` except at target tokens. ``item_index`` is, for every title token of a history
+    item (``temporal_scope: piece``: every token of its piece), the item's distance from the most recent
+    item (0 = most recent), else ``-1``.
     The ``T`` target tokens, in (sample, position) order: ``target_rows``/``target_cols`` are their
     positions, ``target_labels`` their ids, ``target_t`` their 1-based index within the title piece
     and ``target_size`` that piece's length ``|y|`` (EOS included). The hidden state at
@@ -116,6 +121,7 @@ class PromptBuilder:
         max_history: int = 10,
         counterfactual: str = "placeholder",
         placeholder: str = "None",
+        temporal_scope: str = "title",
     ) -> None:
         self.template = PromptTemplate.builtin(template) if isinstance(template, str) else template
         self.category = Category.from_any(category)
@@ -126,6 +132,9 @@ class PromptBuilder:
         if counterfactual not in COUNTERFACTUAL_MODES:
             raise ValueError(f"cft_counterfactual={counterfactual!r} is unknown: use 'placeholder' or 'drop'")
         self.counterfactual_mode = counterfactual
+        if temporal_scope not in TEMPORAL_SCOPES:
+            raise ValueError(f"temporal_scope={temporal_scope!r} is unknown: use 'title' or 'piece'")
+        self.temporal_scope = temporal_scope
         self.placeholder = str(placeholder)
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token: every target title must end with EOS")
@@ -146,7 +155,7 @@ class PromptBuilder:
         cls, config: Any, tokenizer: Any, titles: Sequence[str], category: Any = None
     ) -> PromptBuilder:
         """Keys: prompt_template (+ prompt_* overrides), category, max_length, MAX_ITEM_LIST_LENGTH,
-        cft_counterfactual, cft_placeholder.
+        cft_counterfactual, cft_placeholder, temporal_scope.
 
         ``max_length`` is capped at the model's context (``tokenizer.model_max_length``, which
         :func:`~recbole_llm.model.backbone.load_backbone` sets to ``max_position_embeddings``): longer
@@ -172,6 +181,7 @@ class PromptBuilder:
             max_history=int(config_get(config, "MAX_ITEM_LIST_LENGTH", 10)),
             counterfactual=str(config_get(config, "cft_counterfactual", "placeholder")),
             placeholder=str(config_get(config, "cft_placeholder", "None")),
+            temporal_scope=str(config_get(config, "temporal_scope", "title")),
         )
         builder.check_max_length()
         return builder
@@ -206,6 +216,42 @@ class PromptBuilder:
             self._fast_ok = self._encode(probes) == reference
         except Exception:  # any backend quirk means: use the regular call
             self._fast_ok = False
+
+    def _title_masks(
+        self, texts: list[str], ids: list[list[int]], start: Sequence[int], size: Sequence[int]
+    ) -> list[list[bool]]:
+        """Per piece, which of its tokens overlap the title's characters ``[start, start + size)``.
+
+        Character offsets come from the same tokenisation as the pieces (checked id for id); a token that
+        straddles the boundary (e.g. a quote merged with the title's first letters) counts as title.
+        """
+        if self._fast_ok:
+            backend = self.tokenizer.backend_tokenizer
+            previous = backend.encode_special_tokens
+            backend.encode_special_tokens = True
+            try:
+                encs = backend.encode_batch(texts, add_special_tokens=False)
+            finally:
+                backend.encode_special_tokens = previous
+            pairs = [(e.ids, e.offsets) for e in encs]
+        else:
+            try:
+                out = self.tokenizer(
+                    texts, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+                )
+            except NotImplementedError as err:
+                raise ValueError(
+                    "temporal_scope: title needs a fast tokenizer (character offsets); use temporal_scope: piece"
+                ) from err
+            pairs = list(zip(out["input_ids"], out["offset_mapping"]))
+        masks = []
+        for (got, offsets), want, a, n in zip(pairs, ids, start, size):
+            if list(got) != want:
+                raise ValueError(
+                    "the tokenizer's offsets pass disagrees with its ids; use temporal_scope: piece"
+                )
+            masks.append([s < a + n and e > a and e > s for s, e in offsets])
+        return masks
 
     def _fill(self, text: str) -> str:
         words = {
@@ -260,6 +306,18 @@ class PromptBuilder:
         first = self._encode([lead_text + s for s in shown])
         rest = self._encode([sep + s for s in shown])
         target = self._encode([t.target_format.replace("{title}", title) for title in items])
+        if self.temporal_scope == "title":
+            at = t.item_format.index("{title}")
+            sizes = [len(title) for title in items]
+            first_mask = self._title_masks(
+                [lead_text + s for s in shown], first, [len(lead_text) + at] * len(items), sizes
+            )
+            rest_mask = self._title_masks([sep + s for s in shown], rest, [len(sep) + at] * len(items), sizes)
+        else:
+            first_mask = [[True] * len(x) for x in first]
+            rest_mask = [[True] * len(x) for x in rest]
+        self._first_mask = [[], *first_mask]
+        self._rest_mask = [[], *rest_mask]
         eos = self.eos_token_id
         for i, ids in enumerate(target, start=1):
             if eos in ids:
@@ -373,13 +431,11 @@ class PromptBuilder:
         n = len(kept)
         ids = list(self.prefix_ids)
         index = [-1] * len(ids)
-        piece = self._first[kept[0]]
-        ids += piece
-        index += [n - 1] * len(piece)
+        ids += self._first[kept[0]]
+        index += [n - 1 if m else -1 for m in self._first_mask[kept[0]]]
         for j in range(1, n):
-            piece = self._rest[kept[j]]
-            ids += piece
-            index += [n - 1 - j] * len(piece)
+            ids += self._rest[kept[j]]
+            index += [n - 1 - j if m else -1 for m in self._rest_mask[kept[j]]]
         ids += self.response_ids
         index += [-1] * len(self.response_ids)
         return ids, index, n

@@ -6,7 +6,9 @@ Paper facts (CETRec §4.2-4.3) and our reading of them:
   "(p_9, …, p_2, p_1, p_0)") gets the same temporal embedding ``p_k`` on top of the token embedding and
   the LLM's own positional encoding: ``I_t = x_t + p_t + p_k`` (Eq. 6). Tokens outside history items
   (instruction, separators, quotes, the target and generated tokens) get nothing ("p_k is set to null").
-  Only the title tokens of an item count as the item.
+  Only the title tokens of an item count as the item (the §4.2.1 example indexes the 5 tokens of
+  "Shawshank Redemption"); ``temporal_scope: piece`` also indexes the separator and quotes around it
+  (the behaviour before issue 12). The prompt builder decides this (``PromptBatch.item_index``).
 * SinPE: the fixed Transformer table of Eq. (3), ``p_{k,2i} = sin(k / 10000^{2i/d})``,
   ``p_{k,2i+1} = cos(k / 10000^{2i/d})`` -- no learnable parameters and no scale in the paper. We expose
   ``scale`` (default 1.0 = paper) because an un-scaled table has norm ``sqrt(d/2)`` (≈ 21 for d = 896),
@@ -16,6 +18,13 @@ Paper facts (CETRec §4.2-4.3) and our reading of them:
   representations", applied "at the input layer". We therefore rotate the input embedding of every
   history token by ``R^d_{Θ,k}``: pairs ``(2i, 2i+1)`` rotated by angle ``k·θ_i``, ``θ_i = 10000^{-2i/d}``.
   Index 0 (the most recent item) is the identity; norms are preserved. This is our interpretation.
+* RoPE, the attention reading (``rope_attention``): §3.2 explains RoPE's gain by Eq. (5), a score that
+  depends on ``n − m`` only, which holds for rotated queries and keys, not for a rotated input embedding.
+  This variant adds each history token's index ``k`` to its position id, so the LLM's own rotary
+  embedding turns its queries and keys by an extra ``R_{Θ,k}`` in every layer: the score of two tokens
+  depends on ``(n + k_n) − (m + k_m)`` only. Other tokens (and generated ones) keep their positions,
+  so generation continues at the prompt's length. It uses the LLM's ``rope_theta`` (not
+  ``temporal_base``) and needs a RoPE backbone (Llama, Qwen2, SmolLM2).
 * Counterfactual (§4.3): every history item gets the same index. The paper says both "the earliest time
   step" and "the temporal embedding of the first item i_0, denoted p_0" while p_0 is the most recent
   item's index in §4.2; ``cetrec_cf_index`` chooses: ``"earliest"`` (default: index
@@ -35,7 +44,7 @@ from torch import Tensor, nn
 
 from recbole_llm.utils.config_access import config_get
 
-TEMPORAL_KINDS = ("none", "sinpe", "rope")
+TEMPORAL_KINDS = ("none", "sinpe", "rope", "rope_attention")
 CF_INDEX_MODES = ("earliest", "latest")
 
 
@@ -139,6 +148,10 @@ class TemporalEmbedding(nn.Module):
                 "raise temporal_max_items or shorten the histories."
             )
 
+    def position_offset(self, item_index: Tensor) -> Tensor | None:
+        """What to add to each token's position id (None: positions are the LLM's own)."""
+        return None
+
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, max_items={self.max_items}, base={self.base}"
 
@@ -193,10 +206,27 @@ class RotaryTemporalEmbedding(TemporalEmbedding):
         return torch.where((item_index >= 0)[..., None], rotated.to(inputs_embeds.dtype), inputs_embeds)
 
 
+class AttentionRotaryTemporal(TemporalEmbedding):
+    """CETRec RoPE, attention reading: history token of item k is at position ``t + k`` (module docstring).
+
+    The input embeddings are left alone; the backbone's rotary embedding applies ``R_{Θ,t+k}`` to its
+    queries and keys.
+    """
+
+    kind = "rope_attention"
+
+    def forward(self, inputs_embeds: Tensor, item_index: Tensor) -> Tensor:
+        self._check(inputs_embeds, item_index)
+        return inputs_embeds
+
+    def position_offset(self, item_index: Tensor) -> Tensor:
+        return item_index.clamp(min=0)
+
+
 def build_temporal_module(
     config: Any, hidden_size: int, default: str | None = None
 ) -> TemporalEmbedding | None:
-    """Temporal module from config keys ``temporal_embedding`` (none|sinpe|rope; absent -> ``default``,
+    """Temporal module from config keys ``temporal_embedding`` (none|sinpe|rope|rope_attention; absent -> ``default``,
     the objective's ``temporal_embedding``, e.g. rope for cetrec -- the paper's best variant -- else none),
     ``temporal_scale`` (sinpe, default 1.0), ``temporal_max_items`` (optional bound on the index, default
     none) and ``temporal_base`` (10000).
@@ -222,6 +252,8 @@ def build_temporal_module(
         raise ValueError(f"temporal_base = {base} must be > 1 (10000 in the paper's Eq. 3)")
     if kind == "rope":
         return RotaryTemporalEmbedding(hidden_size, max_items=max_items, base=base)
+    if kind == "rope_attention":
+        return AttentionRotaryTemporal(hidden_size, max_items=max_items, base=base)
     scale = get("temporal_scale")
     scale = 1.0 if scale is None else float(scale)
     return SinusoidalTemporalEmbedding(hidden_size, max_items=max_items, scale=scale, base=base)

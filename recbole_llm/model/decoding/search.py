@@ -95,6 +95,7 @@ def constrained_beam_search(
     kv_cache: str = "auto",
     prompt_item_index: Sequence[Sequence[int]] | None = None,
     embed_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    position_offset_fn: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
     share_prompt_prefix: bool = True,
     scorers: Sequence[BeamScorer] | None = None,
     exclude_items: Sequence[Sequence[int]] | None = None,
@@ -112,7 +113,9 @@ def constrained_beam_search(
     run once for the batch (full-attention models only).
     ``embed_fn(input_ids, item_index) -> inputs_embeds`` with ``prompt_item_index`` (one list per prompt,
     aligned with its tokens) lets the prompt pass add CETRec's temporal embeddings; generated title tokens
-    belong to no history item, so later steps embed normally.
+    belong to no history item, so later steps embed normally. ``position_offset_fn(item_index)`` (or
+    None) is added to the prompt's position ids (CETRec's attention-level RoPE); generated tokens carry no
+    offset and continue at the prompt's length.
     ``scorers``: the changes to beam scores (:mod:`.scorers`), in the order they apply, instead of the knobs
     ``length_penalty``, ``ig_alpha``, ``ensemble`` and ``ensemble_weight`` (which build the papers' scorers).
     ``exclude_items`` (one list of item ids per prompt, ``exclude_history``): a trie edge is allowed only
@@ -161,6 +164,7 @@ def constrained_beam_search(
             [list(prompts[i]) for i in idx],
             [list(prompt_item_index[i]) for i in idx] if with_index else None,
             embed_fn if with_index else None,
+            position_offset_fn if with_index else None,
             pad,
             device,
             share_prompt_prefix and full_attention,
@@ -210,7 +214,7 @@ def _common_prefix_len(rows: list[list]) -> int:
     return n
 
 
-def _prompt_pass(model, prompts, item_index, embed_fn, pad, device, share_prefix):
+def _prompt_pass(model, prompts, item_index, embed_fn, offset_fn, pad, device, share_prefix):
     """Run the prompts once: ``(last-position logits [U, V] float32, DynamicCache, attention mask [U, P])``.
 
     Prompts are left padded with explicit ``position_ids = cumsum(mask) - 1``. With ``share_prefix`` the
@@ -226,13 +230,17 @@ def _prompt_pass(model, prompts, item_index, embed_fn, pad, device, share_prefix
     def inputs(ids: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return {"input_ids": ids} if embed_fn is None else {"inputs_embeds": embed_fn(ids, index)}
 
+    def shifted(positions: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        offset = None if offset_fn is None or index is None else offset_fn(index)
+        return positions if offset is None else positions + offset.to(positions.device)
+
     cache = DynamicCache(config=model.config)
     if n0 > 0:
         head = torch.tensor([prompts[0][:n0]], dtype=torch.long, device=device)
         head_index = None if item_index is None else torch.tensor([item_index[0][:n0]], device=device)
         model(
             **inputs(head, head_index),
-            position_ids=torch.arange(n0, device=device)[None, :],
+            position_ids=shifted(torch.arange(n0, device=device)[None, :], head_index),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
@@ -242,7 +250,7 @@ def _prompt_pass(model, prompts, item_index, embed_fn, pad, device, share_prefix
     index = None
     if item_index is not None:
         index, _ = _left_pad([ix[n0:] for ix in item_index], -1, device)
-    positions = n0 + (mask.cumsum(1) - 1).clamp_min(0)
+    positions = shifted(n0 + (mask.cumsum(1) - 1).clamp_min(0), index)
     full_mask = torch.cat([torch.ones(n_users, n0, dtype=mask.dtype, device=device), mask], 1)
     out = model(
         **inputs(ids, index),
