@@ -22,6 +22,7 @@ from recbole_llm.utils.checkpoint import (
     load_training_state,
     save_training_state,
 )
+from recbole_llm.utils.distributed import reduce_sum
 from recbole_llm.utils.io import replace_dir
 
 # Signals that stop training gracefully: finish the optimizer step, save a resumable state, exit.
@@ -98,10 +99,13 @@ class ResumableTraining:
         """
         acc = self.accelerator
         tmp = self.run_dir / "last.tmp"
+        mid_epoch = step > 0
+        # Collective sums (every rank calls them): rank 0 saves every rank's share of the epoch so far.
+        epoch_sums = {key: reduce_sum(part) for key, part in self._epoch_sums.items()} if mid_epoch else None
+        ig_loss = self._ig_loss_state() if mid_epoch else None
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             self.unwrapped.save_checkpoint(tmp)
-            mid_epoch = step > 0
             save_training_state(
                 tmp / "training_state",
                 {
@@ -115,8 +119,8 @@ class ResumableTraining:
                     "best_valid_score": float(self.best_valid_score),
                     "best_valid_result": self.best_valid_result,
                     "train_loss_dict": {str(k): v for k, v in self.train_loss_dict.items()},
-                    "epoch_sums": self._epoch_sums if mid_epoch else empty_epoch_sums(),
-                    "ig_loss": self._ig_loss_state() if mid_epoch else None,
+                    "epoch_sums": epoch_sums or empty_epoch_sums(),
+                    "ig_loss": ig_loss,
                     "world_size": acc.num_processes,
                 },
             )
@@ -172,7 +176,8 @@ class ResumableTraining:
         self.best_valid_result = state.get("best_valid_result")
         self.train_loss_dict = {int(k): v for k, v in (state.get("train_loss_dict") or {}).items()}
         self._resume_ig_loss = state.get("ig_loss")  # applied when fit() sets up the IG-loss log
-        sums = state.get("epoch_sums") or {}
+        # Rank 0's saved sums are every rank's share: the other ranks continue the epoch from zero.
+        sums = (state.get("epoch_sums") or {}) if self.accelerator.is_main_process else {}
         self._epoch_sums = {
             "sums": dict(sums.get("sums") or {}),
             "weight_sums": dict(sums.get("weight_sums") or {}),
