@@ -173,7 +173,7 @@ class LLMTrainer(ResumableTraining, Trainer):
             loss_now = weighted_total(sums, weight_sums, self.unwrapped.loss_coefficients)
             bar.set_postfix(loss=f"{loss_now:.4f}")
             bar.update(1)
-            if self._should_checkpoint(step + 1, len(plan)) or self._stop_signal is not None:
+            if self._should_checkpoint(step + 1, len(plan)) or self._stop_agreed():
                 self._save_resume_state(epoch_idx, step + 1)  # raises TrainingStopped after a stop signal
         bar.close()
         self.start_step = 0

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from recbole_llm.utils.checkpoint import (
     capture_rng_state,
     load_training_state,
@@ -132,7 +134,7 @@ class ResumableTraining:
         if acc.is_main_process:
             replace_dir(tmp, self.run_dir / "last")
         acc.wait_for_everyone()
-        if self._stop_signal is not None:
+        if self._stop_agreed():
             stop = TrainingStopped(self.run_dir, self._stop_signal)
             self.logger.warning(str(stop))
             raise stop
@@ -182,6 +184,20 @@ class ResumableTraining:
             "sums": dict(sums.get("sums") or {}),
             "weight_sums": dict(sums.get("weight_sums") or {}),
         }
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process got a stop signal; every process calls it after the same optimizer step.
+
+        A launcher's SIGTERM reaches the processes at slightly different moments: each stopping on its own
+        signal would leave one saving (a barrier) while another waits in the next step's all-reduce.
+        """
+        if self.accelerator.num_processes == 1:
+            return self._stop_signal is not None
+        flag = torch.tensor([self._stop_signal or 0], device=self.accelerator.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag) and self._stop_signal is None:
+            self._stop_signal = int(flag)
+        return bool(int(flag))
 
     def _ig_loss_state(self) -> dict[str, Any] | None:
         tracker = getattr(self.unwrapped, "ig_loss_tracker", None)
