@@ -27,6 +27,7 @@ from recbole_llm.model import get_model
 from recbole_llm.model.decoding.scorers import scorer_keys
 from recbole_llm.model.objectives import OBJECTIVES
 from recbole_llm.utils.config_access import check_exclude_history, parse_value
+from recbole_llm.utils.distributed import is_main_process
 from recbole_llm.utils.errors import UserError, UserFileError
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -366,3 +367,8 @@ class Config(RecBoleConfig):
         # RecBole derives valid_metric_bigger from the metric's name and knows no "loss" metric.
         if str(self.final_config_dict.get("valid_metric", "")).lower() == "loss":
             self.final_config_dict["valid_metric_bigger"] = False
+        # torchrun / accelerate launch: rank 0 alone logs and shows progress bars. RecBole does this only for
+        # its own launcher (``local_rank`` in the config, which would also start NCCL on its own).
+        if not is_main_process():
+            self.final_config_dict["state"] = "error"
+            self.final_config_dict["show_progress"] = False

@@ -22,10 +22,17 @@ from recbole_llm.config import Config
 from recbole_llm.data.dataset import SharedSplitDataset
 from recbole_llm.data.prepare import is_prepared
 from recbole_llm.ensemble import load_ensemble_model
-from recbole_llm.model import get_model
+from recbole_llm.model import PLUGIN_MODELS, get_model
 from recbole_llm.model.decoding import decoding_keys
 from recbole_llm.trainer import evaluation_trainer, get_trainer
 from recbole_llm.utils.checkpoint import safe_torch_load
+from recbole_llm.utils.distributed import (
+    broadcast_from_main,
+    is_main_process,
+    main_process_first,
+    single_process_only,
+    start_processes,
+)
 from recbole_llm.utils.io import read_json
 from recbole_llm.utils.results import jsonable, save_results, split_fingerprint
 from recbole_llm.utils.runs import find_in_run, find_run, resolve_path
@@ -56,7 +63,8 @@ def load_run(config: Config, quiet: bool = False, with_trainer: bool = True):
     """
     set_cpu_threads(config["cpu_threads"])
     init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
+    with main_process_first():  # several processes: rank 0 prepares a missing dataset, the others read it
+        dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset)
@@ -166,8 +174,20 @@ def run_recbole_llm(
     if resume:
         model, dataset, config_dict = resume_settings(resume, model, dataset, config_dict)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    _start_processes(config)
     logger = _start_logging(config)
     return _train_and_test(config, logger, saved=saved, verbose=True)
+
+
+def _start_processes(config: Config) -> None:
+    """Several processes (torchrun, accelerate launch): LLMGenRec joins the process group now (gloo on CPU,
+    NCCL on GPUs), so rank 0 can prepare data and name folders for all; RecBole's baselines are refused."""
+    if config["model"] not in PLUGIN_MODELS:
+        single_process_only(config["model"])
+        return
+    import torch
+
+    start_processes(cpu=not (torch.cuda.is_available() and config["use_gpu"]))
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True) -> dict[str, Any]:
@@ -222,9 +242,15 @@ def _test_identity(test_data) -> dict[str, Any]:
 
 
 def _start_logging(config: Config) -> logging.Logger:
-    """Seed, RecBole's logger, and the command line + config at the top of the log."""
+    """Seed, RecBole's logger, and the command line + config at the top of the log.
+
+    Ranks other than 0 log errors to the console only (no ``log/`` file: one log per run).
+    """
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    if is_main_process():
+        init_logger(config)
+    else:
+        _console_logging(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
@@ -234,8 +260,13 @@ def _start_logging(config: Config) -> logging.Logger:
 def _save_and_report(
     config: Config, logger: logging.Logger, result: dict[str, Any], report: bool = True
 ) -> dict[str, Any]:
-    """Write the results JSON (``run_recbole_llm.py`` then shows it next to earlier runs of its split)."""
-    result["results_file"] = str(save_results(config, result))
+    """Write the results JSON (``run_recbole_llm.py`` then shows it next to earlier runs of its split).
+
+    With several processes rank 0 writes the one JSON and every rank returns its path.
+    """
+    result["results_file"] = broadcast_from_main(
+        str(save_results(config, result)) if is_main_process() else None
+    )
     if report:
         logger.info(set_color("results saved to", "yellow") + f": {result['results_file']}")
     return result
@@ -391,6 +422,7 @@ def evaluate_run(
             f"itself (trained with {', '.join(f'{k}={recorded[k]!r}' for k in changed)}): train a new run "
             f"for that, or change only decoding keys ({', '.join(sorted(allowed - {'evaluate'}))})."
         )
+    _start_processes(config)
     _console_logging(config)  # the results JSON is this command's record: no log/ file
     logger = getLogger()
     start = time.time()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from recbole_llm.model.prompt import IGNORE_INDEX
+from recbole_llm.utils.distributed import reduce_sum
 from recbole_llm.utils.io import write_text_atomic
 
 IG_GROUPS = ("zero", "low", "high")
@@ -70,10 +71,13 @@ class IGLossTracker:
     :meth:`flush` once per epoch. CSV columns: ``epoch, group, mean_loss, tokens, threshold``.
     """
 
-    def __init__(self, csv_path: str | Path, threshold: float | None = None, tensorboard=None):
+    def __init__(
+        self, csv_path: str | Path, threshold: float | None = None, tensorboard=None, write: bool = True
+    ):
         self.csv_path = Path(csv_path)
         self.threshold = threshold
         self.tensorboard = tensorboard
+        self.write = write  # False on ranks other than 0: they only add their sums to rank 0's
         self._reset()
 
     @classmethod
@@ -84,6 +88,7 @@ class IGLossTracker:
         lengths: torch.Tensor,
         popularity: torch.Tensor,
         tensorboard=None,
+        write: bool = True,
     ) -> IGLossTracker:
         """Tracker whose low/high split is the median positive IG over the training target tokens.
 
@@ -93,7 +98,7 @@ class IGLossTracker:
         token_ig = token_ig.detach().cpu()
         valid = torch.arange(token_ig.shape[1]).unsqueeze(0) < lengths.detach().cpu().view(-1, 1)
         weights = popularity.detach().cpu().double()[: token_ig.shape[0]].unsqueeze(1).expand_as(token_ig)
-        return cls(csv_path, median_positive_ig(token_ig[valid], weights[valid]), tensorboard)
+        return cls(csv_path, median_positive_ig(token_ig[valid], weights[valid]), tensorboard, write)
 
     def _reset(self) -> None:
         self._sums = dict.fromkeys(IG_GROUPS, 0.0)
@@ -114,8 +119,19 @@ class IGLossTracker:
         self.update(losses, token_ig.to(keep.device)[keep])
 
     def state(self) -> dict[str, dict[str, float]]:
-        """The epoch's running sums and counts, for a resumable checkpoint taken mid-epoch."""
-        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+        """The epoch's running sums and counts (over all processes), for a resumable checkpoint mid-epoch.
+
+        With several processes every rank must call it (a collective sum).
+        """
+        sums, counts = self._totals()
+        return {"sums": sums, "counts": {g: int(round(v)) for g, v in counts.items()}}
+
+    def _totals(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Sums and counts of every process's tokens (this process's alone without a process group)."""
+        both = reduce_sum(
+            {**{f"s/{g}": v for g, v in self._sums.items()}, **{f"c/{g}": v for g, v in self._counts.items()}}
+        )
+        return {g: both[f"s/{g}"] for g in IG_GROUPS}, {g: both[f"c/{g}"] for g in IG_GROUPS}
 
     def load_state(self, state: dict[str, dict[str, float]]) -> None:
         """Continue an epoch from :meth:`state` (a resumed run logs the whole epoch, not its tail)."""
@@ -128,7 +144,12 @@ class IGLossTracker:
         Rows of ``epoch`` already in the CSV are replaced, not repeated: a run killed after the flush and
         before its next checkpoint redoes the epoch's tail on resume and flushes the epoch again.
         """
+        sums, counts = self._totals()  # every rank calls flush: a collective sum with several processes
+        self._sums, self._counts = sums, {g: int(round(v)) for g, v in counts.items()}
         means = {g: self._sums[g] / self._counts[g] if self._counts[g] else math.nan for g in IG_GROUPS}
+        if not self.write:
+            self._reset()
+            return means
         rows = [["epoch", "group", "mean_loss", "tokens", "threshold"]]
         if self.csv_path.is_file():
             with self.csv_path.open(newline="") as fh:

@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from recbole_llm.trainer.ig_loss import IGLossTracker
 from recbole_llm.trainer.precision import enable_deterministic_algorithms, resolve_mixed_precision
 from recbole_llm.trainer.resume import ResumableTraining, empty_epoch_sums
 from recbole_llm.utils.checkpoint import restore_rng_state
+from recbole_llm.utils.distributed import broadcast_from_main, reduce_sum
 from recbole_llm.utils.io import write_json_atomic
 from recbole_llm.utils.results import config_snapshot, jsonable, run_name
 from recbole_llm.utils.runs import record_path
@@ -46,18 +48,22 @@ class LLMTrainer(ResumableTraining, Trainer):
             mixed_precision=resolve_mixed_precision(config["mixed_precision"], bool(config["use_gpu"])),
             cpu=not (torch.cuda.is_available() and config["use_gpu"]),
         )
-        super().__init__(config, model)
+        # Every rank would create checkpoint_dir at once (RecBole's ensure_dir races: FileExistsError).
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+        if self.accelerator.is_main_process:
+            super().__init__(config, model)
+        else:  # only rank 0 writes TensorBoard curves: no writer, no log_tensorboard/ folder, elsewhere
+            with mock.patch("recbole.trainer.trainer.get_tensorboard", lambda logger: NoTensorBoard()):
+                super().__init__(config, model)
         self.device = self.accelerator.device
         self.model.to(self.device)
         self.batch_size = int(config["train_batch_size"])
         self.micro_batch_size = int(config["micro_batch_size"] or self.batch_size)
         self.checkpoint_steps = int(config["checkpoint_steps"] or 0)
         # Second-resolution time plus 4 random hex digits (os.urandom: no seeded RNG is consumed), so two runs
-        # started in the same second (tuning trials, tests) never share a folder.
-        suffix = os.urandom(2).hex()
-        self.run_dir = (
-            Path(self.checkpoint_dir) / f"{config['model']}-{config['dataset']}-{get_local_time()}-{suffix}"
-        )
+        # started in the same second (tuning trials, tests) never share a folder. Rank 0 names it, for all ranks.
+        name = f"{config['model']}-{config['dataset']}-{get_local_time()}-{os.urandom(2).hex()}"
+        self.run_dir = Path(self.checkpoint_dir) / broadcast_from_main(name)
         self.saved_model_file = str(self.run_dir / "best")
         self.start_step = 0
         self.global_step = 0
@@ -156,7 +162,7 @@ class LLMTrainer(ResumableTraining, Trainer):
                     numerators = self._micro_step(samples, denominators)
                 for name, value in numerators.items():
                     sums[name] = sums.get(name, 0.0) + value
-            for name, den in denominators.items():
+            for name, den in denominators.items():  # each rank 1/world of the total: summed at the end
                 weight_sums[name] = weight_sums.get(name, 0.0) + float(den) / world
             if self.clip_grad_norm:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
@@ -167,10 +173,11 @@ class LLMTrainer(ResumableTraining, Trainer):
             loss_now = weighted_total(sums, weight_sums, self.unwrapped.loss_coefficients)
             bar.set_postfix(loss=f"{loss_now:.4f}")
             bar.update(1)
-            if self._should_checkpoint(step + 1, len(plan)) or self._stop_signal is not None:
+            if self._should_checkpoint(step + 1, len(plan)) or self._stop_agreed():
                 self._save_resume_state(epoch_idx, step + 1)  # raises TrainingStopped after a stop signal
         bar.close()
         self.start_step = 0
+        sums, weight_sums = reduce_sum(sums), reduce_sum(weight_sums)  # every rank's shard of the epoch
         return tuple(sums[k] / max(weight_sums[k], 1e-12) for k in sorted(sums)) if sums else 0.0
 
     def _should_checkpoint(self, step: int, n_steps: int) -> bool:
@@ -362,13 +369,12 @@ class LLMTrainer(ResumableTraining, Trainer):
         """IGD §4.2.1: token loss by IG group per epoch to ``<run_dir>/ig_loss.csv`` and TensorBoard.
 
         On unless ``log_ig_loss: False``; it costs one detached cross-entropy of the factual logits per
-        micro-batch. Under DDP only the main process logs (its shard of the tokens).
+        micro-batch. With several processes every rank tracks its shard of the tokens, the epoch's sums are
+        added up over the ranks at the flush and rank 0 writes them: the same log as one process.
         """
         model = self.unwrapped
         model.ig_loss_tracker = None
         if self.config["log_ig_loss"] is False or not hasattr(model, "item_token_ig"):
-            return
-        if not self.accelerator.is_main_process:
             return
         model.ig_loss_tracker = IGLossTracker.for_token_table(
             self.run_dir / "ig_loss.csv",
@@ -376,9 +382,12 @@ class LLMTrainer(ResumableTraining, Trainer):
             model.item_lengths,
             model.popularity,
             tensorboard=self.tensorboard,
+            write=self.accelerator.is_main_process,
         )
         resumed = getattr(self, "_resume_ig_loss", None)
-        if resumed:  # a run resumed mid-epoch: the epoch's tokens before the checkpoint count too
+        if (
+            resumed and self.accelerator.is_main_process
+        ):  # rank 0's saved sums hold every rank's share  # a run resumed mid-epoch: the epoch's tokens before the checkpoint count too
             model.ig_loss_tracker.load_state(resumed)
             self._resume_ig_loss = None
 

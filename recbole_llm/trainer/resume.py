@@ -17,11 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from recbole_llm.utils.checkpoint import (
     capture_rng_state,
     load_training_state,
     save_training_state,
 )
+from recbole_llm.utils.distributed import reduce_sum
 from recbole_llm.utils.io import replace_dir
 
 # Signals that stop training gracefully: finish the optimizer step, save a resumable state, exit.
@@ -98,10 +101,13 @@ class ResumableTraining:
         """
         acc = self.accelerator
         tmp = self.run_dir / "last.tmp"
+        mid_epoch = step > 0
+        # Collective sums (every rank calls them): rank 0 saves every rank's share of the epoch so far.
+        epoch_sums = {key: reduce_sum(part) for key, part in self._epoch_sums.items()} if mid_epoch else None
+        ig_loss = self._ig_loss_state() if mid_epoch else None
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             self.unwrapped.save_checkpoint(tmp)
-            mid_epoch = step > 0
             save_training_state(
                 tmp / "training_state",
                 {
@@ -115,8 +121,8 @@ class ResumableTraining:
                     "best_valid_score": float(self.best_valid_score),
                     "best_valid_result": self.best_valid_result,
                     "train_loss_dict": {str(k): v for k, v in self.train_loss_dict.items()},
-                    "epoch_sums": self._epoch_sums if mid_epoch else empty_epoch_sums(),
-                    "ig_loss": self._ig_loss_state() if mid_epoch else None,
+                    "epoch_sums": epoch_sums or empty_epoch_sums(),
+                    "ig_loss": ig_loss,
                     "world_size": acc.num_processes,
                 },
             )
@@ -128,7 +134,7 @@ class ResumableTraining:
         if acc.is_main_process:
             replace_dir(tmp, self.run_dir / "last")
         acc.wait_for_everyone()
-        if self._stop_signal is not None:
+        if self._stop_agreed():
             stop = TrainingStopped(self.run_dir, self._stop_signal)
             self.logger.warning(str(stop))
             raise stop
@@ -172,11 +178,26 @@ class ResumableTraining:
         self.best_valid_result = state.get("best_valid_result")
         self.train_loss_dict = {int(k): v for k, v in (state.get("train_loss_dict") or {}).items()}
         self._resume_ig_loss = state.get("ig_loss")  # applied when fit() sets up the IG-loss log
-        sums = state.get("epoch_sums") or {}
+        # Rank 0's saved sums are every rank's share: the other ranks continue the epoch from zero.
+        sums = (state.get("epoch_sums") or {}) if self.accelerator.is_main_process else {}
         self._epoch_sums = {
             "sums": dict(sums.get("sums") or {}),
             "weight_sums": dict(sums.get("weight_sums") or {}),
         }
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process got a stop signal; every process calls it after the same optimizer step.
+
+        A launcher's SIGTERM reaches the processes at slightly different moments: each stopping on its own
+        signal would leave one saving (a barrier) while another waits in the next step's all-reduce.
+        """
+        if self.accelerator.num_processes == 1:
+            return self._stop_signal is not None
+        flag = torch.tensor([self._stop_signal or 0], device=self.accelerator.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag) and self._stop_signal is None:
+            self._stop_signal = int(flag)
+        return bool(int(flag))
 
     def _ig_loss_state(self) -> dict[str, Any] | None:
         tracker = getattr(self.unwrapped, "ig_loss_tracker", None)

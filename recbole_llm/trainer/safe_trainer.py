@@ -13,12 +13,21 @@ from recbole.utils import set_color
 
 from recbole_llm.model.decoding.items import mask_history_scores
 from recbole_llm.utils.checkpoint import safe_torch_load
+from recbole_llm.utils.distributed import single_process_only
 from recbole_llm.utils.io import atomic_write
 from recbole_llm.utils.results import jsonable
 
 
 class SafeTrainer(Trainer):
-    """RecBole ``Trainer`` whose checkpoints are plain state dicts, written atomically."""
+    """RecBole ``Trainer`` whose checkpoints are plain state dicts, written atomically.
+
+    One process only: under torchrun / accelerate launch RecBole's loop (``single_spec``) would train a full
+    copy per process and write one checkpoint each, so a multi-process launch is refused up front.
+    """
+
+    def __init__(self, config, model):
+        single_process_only(config["model"])
+        super().__init__(config, model)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
