@@ -190,3 +190,13 @@ def test_same_split_report_failure_is_a_warning_not_a_failed_run(tmp_path, caplo
         log_same_split_report(str(broken))
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert f"could not compare with earlier runs in {tmp_path}" in caplog.records[0].getMessage()
+
+
+def test_labels_tell_runs_apart_by_history_exclusion_even_when_the_config_hides_it():
+    runs = [
+        {"dataset": "d", "run": "SASRec", "config": {"exclude_history": False}},
+        {"dataset": "d", "run": "SASRec", "config": {"exclude_history": True}},
+    ]
+    assert labels_for(runs) == ["SASRec (exclude_history=False)", "SASRec (exclude_history=True)"]
+    same = [{"dataset": "d", "run": "SASRec", "config": {"split_protocol": "global_time"}}] * 2
+    assert labels_for(same) == ["SASRec", "SASRec"]

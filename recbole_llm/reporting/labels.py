@@ -34,9 +34,11 @@ _UNLABELLED_DECODING_KEYS = {"decoder", "decode_batch_size"}
 def label_keys() -> tuple[str, ...]:
     """Hyper-parameters always checked when runs share a name: the objectives' knobs, the model's, then
     decoding's (in this order in labels)."""
-    model_keys = ("temporal_embedding", "tuning", "llm_path", "prompt_template")
+    model_keys = ("temporal_embedding", "temporal_scope", "tuning", "llm_path", "prompt_template")
+    # The protocol changes every model's numbers (masked history items, another split), baselines too.
+    protocol = ("exclude_history", "split_protocol")
     decoding = (key for key in decoding_keys() if key not in _UNLABELLED_DECODING_KEYS)
-    return tuple(dict.fromkeys((*objective_keys(), *model_keys, *decoding)))
+    return tuple(dict.fromkeys((*objective_keys(), *protocol, *model_keys, *decoding)))
 
 
 # Keys that never change what a run computes (paths, logging, batching that is normalised away).
