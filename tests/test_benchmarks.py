@@ -149,8 +149,13 @@ def test_counterfactual_pass_reuses_the_instruction_kv_exactly(workload, objecti
     finally:
         handle.remove()
         model.eval()
-    n_prefix = len(model.prompts.prefix_ids)
-    assert widths[1] == cf_batch.input_ids.shape[1] - n_prefix  # the instruction did not run again
+    n_shared = len(model.prompts.prefix_ids)  # CFT: the instruction, the only part both prompts share
+    if objective == "cetrec":  # same tokens: the reuse ends at the first token whose temporal index the
+        # counterfactual changes (the earliest item keeps its own index, so its title is shared as well)
+        differs = (batch.item_index != cf_index.to(batch.item_index.device)).any(dim=0)
+        n_shared = int(differs.long().argmax())
+        assert (batch.item_index[:, :n_shared] >= 0).any(dim=1).all()  # every row reuses its first title
+    assert widths[1] == cf_batch.input_ids.shape[1] - n_shared  # the shared part did not run again
     assert widths[2] == cf_batch.input_ids.shape[1]
     torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-5)
     params = [p for p in model.llm.parameters() if p.requires_grad][:3]

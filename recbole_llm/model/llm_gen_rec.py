@@ -176,15 +176,18 @@ class LLMGenRec(SequentialRecommender):
         self, batch, cache, cf_batch, cf_index: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The counterfactual pass, reusing the factual pass's ``cache`` for the leading tokens both prompts
-        share (the instruction: a third of an ml-100k prompt, most of CFT's counterfactual one). Causal
-        attention makes their keys/values identical, so only the rest of the counterfactual prompt runs."""
+        share (CFT: the instruction, a third of an ml-100k prompt and most of its counterfactual one; CETRec:
+        everything up to the first history item whose temporal index changes). Causal attention makes their
+        keys/values identical, so only the rest of the counterfactual prompt runs."""
         cf_index = cf_batch.item_index if cf_index is None else cf_index
         n = 0
         if cache is not None and not any(getattr(cache, "is_sliding", [True])):  # full-attention layers only
-            width = min(batch.input_ids.shape[1], cf_batch.input_ids.shape[1])
-            ids = torch.cat([batch.input_ids[:, :width], cf_batch.input_ids[:, :width]])
-            index = torch.cat([batch.item_index[:, :width], cf_index[:, :width].to(batch.item_index.device)])
-            same = ((ids == ids[:1]) & (index == index[:1])).all(dim=0)
+            w = min(batch.input_ids.shape[1], cf_batch.input_ids.shape[1])
+            same = (  # row by row: each row's cache serves only its own counterfactual row
+                (batch.input_ids[:, :w] == cf_batch.input_ids[:, :w])
+                & (batch.attention_mask[:, :w] == cf_batch.attention_mask[:, :w])
+                & (batch.item_index[:, :w] == cf_index[:, :w].to(batch.item_index.device))
+            ).all(dim=0)
             n = min(int(same.long().cumprod(0).sum()), int(cf_batch.target_cols.min()) - 1)
         if n <= 0:
             return self._target_logits(cf_batch, item_index=cf_index)
