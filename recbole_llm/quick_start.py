@@ -23,6 +23,7 @@ from recbole_llm.data.dataset import SharedSplitDataset
 from recbole_llm.data.prepare import is_prepared
 from recbole_llm.ensemble import load_ensemble_model
 from recbole_llm.model import PLUGIN_MODELS, get_model
+from recbole_llm.model.backbone import resolve_llm_path
 from recbole_llm.model.decoding import decoding_keys
 from recbole_llm.trainer import evaluation_trainer, get_trainer
 from recbole_llm.utils.checkpoint import safe_torch_load
@@ -66,6 +67,9 @@ def load_run(config: Config, quiet: bool = False, with_trainer: bool = True):
     with main_process_first():  # several processes: rank 0 prepares a missing dataset, the others read it
         dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    if config["model"] in PLUGIN_MODELS:  # rank 0 builds a missing SmolLM2 cache, the others then load it
+        with main_process_first():
+            resolve_llm_path(config)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset)
     if config["model"] not in ("LLMGenRec",):
