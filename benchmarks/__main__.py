@@ -34,13 +34,21 @@ from benchmarks.workload import (
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
+GPU_OUT = Path(__file__).resolve().parent / "results" / "gpu.json"
 SECTIONS = ("decoder", "training", "padding", "trie")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default: {DEFAULT_OUT})")
+    p.add_argument(
+        "--out", type=Path, default=None, help=f"JSON output (default: {DEFAULT_OUT}; --gpu: {GPU_OUT})"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model, few users, small catalogue")
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU check (issue 13, <= 8 min): every objective x decoder on SmolLM2, bf16; 2 processes on 2+ GPUs",
+    )
     p.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
@@ -201,13 +209,27 @@ def run_trie_child(items: int, repeats: int, threads: int) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
+def write_result(result: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+
+
 def main(argv: list[str] | None = None, workload=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.gpu:
+        from benchmarks.gpu import run_gpu
+
+        result = run_gpu(args, workload=workload)
+        write_result(result, args.out or GPU_OUT)
+        print(
+            f"GPU check on {result['machine']}: {result['total_seconds']:.0f} s; JSON written to {args.out or GPU_OUT}"
+        )
+        return 0
+    args.out = args.out or DEFAULT_OUT
     result = run(args, workload=workload)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_result(result, args.out)
     print()
     print(f"Benchmarks on {result['machine']}")
     print(text_table(result))

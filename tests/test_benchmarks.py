@@ -164,3 +164,28 @@ def test_counterfactual_pass_reuses_the_instruction_kv_exactly(workload, objecti
     for a, b in zip(g_shared, g_plain):
         assert a is not None and b is not None
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_gpu_check_trains_and_decodes_every_objective_with_every_decoder(workload):
+    """``python -m benchmarks --gpu``'s matrix, run on the CPU with the tiny model: every cell runs, and the
+    zero learning rate leaves the shared backbone as it was (so the cells measure the same weights)."""
+    from benchmarks import OBJECTIVES
+    from benchmarks.gpu import DECODER_CELLS, run_matrix
+
+    before = {k: v.clone() for k, v in workload.llm.state_dict().items()}
+    matrix = run_matrix(workload, "cpu", steps=2, micro_batch=2, users=3, autocast=None, log=lambda _: None)
+    assert list(matrix) == list(OBJECTIVES)
+    for cell in matrix.values():
+        assert cell["train"]["steps"] == 2 and cell["train"]["step_seconds"] > 0
+        assert list(cell["decode"]) == list(DECODER_CELLS)
+        for decoded in cell["decode"].values():
+            assert decoded["ranked_shape"] == [3, 10] and decoded["users_per_s"] > 0
+    after = workload.llm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine --gpu runs the real check")
+def test_gpu_check_without_a_gpu_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["--gpu", "--out", str(tmp_path / "gpu.json")])
+    assert not (tmp_path / "gpu.json").exists()
