@@ -146,3 +146,37 @@ def test_llmgenrec_never_recommends_a_history_item(workspace, monkeypatch, decod
             assert (ranked >= 0).sum(1).min() >= 4
     assert seen[True] == 0
     assert seen[False] > 0
+
+
+def test_analyses_rank_a_baseline_as_its_run_did(workspace, monkeypatch):
+    """The popularity and temporal analyses rank a SASRec run with the run's own ``exclude_history``."""
+    from recbole_llm.analysis import common, popularity, temporal
+
+    monkeypatch.setattr(sys, "argv", ["run"])
+    root, _ = workspace
+    hits, real = {}, common.rank_items
+    for exclude in (False, True):
+        config = _config("SASRec", root / "data", {"exclude_history": exclude})
+        _, (train, valid, test), model, _ = load_run(config, quiet=True, with_trainer=False)
+        model.eval()
+        trained = type("Trained", (), {})()
+        trained.config, trained.model = config, model
+        trained.train_data, trained.valid_data, trained.test_data = train, valid, test
+        ranked = []
+
+        def spy(model, interaction, k, without_history=False, exclude_history=False, ranked=ranked):
+            out = real(model, interaction, k, without_history, exclude_history)
+            seq = interaction[model.ITEM_SEQ].cpu()
+            ranked.extend(len(set(r.tolist()) & set(s[s > 0].tolist())) for r, s in zip(out, seq))
+            return out
+
+        monkeypatch.setattr(common, "rank_items", spy)
+        run = common.Run("SASRec", {}, trained)
+        popularity.analyse_run(run, k=5, n_groups=2)
+        temporal.analyse_run(run, k=5)
+        monkeypatch.undo()
+        monkeypatch.setattr(sys, "argv", ["run"])
+        hits[exclude] = sum(ranked)
+        assert ranked  # both analyses went through rank_items
+    assert hits[True] == 0
+    assert hits[False] > 0  # can fail: an untrained SASRec ranks history items when nothing masks them

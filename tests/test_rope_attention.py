@@ -6,6 +6,7 @@ attention score depend on ``(t_n + k_n) − (t_m + k_m)`` only (CETRec Eq. 5).
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -144,3 +145,21 @@ def test_rope_attention_trains_and_decodes_end_to_end(workspace, monkeypatch):
     result = _run(workspace, monkeypatch, objective="cetrec", temporal_embedding="rope_attention")
     assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
     assert 0.0 <= result["test_result"]["hit@10"] <= 1.0
+
+
+def test_bigrec_with_rope_attention_is_refused_before_the_backbone_loads(monkeypatch):
+    """Free generation cannot move position ids: the pair is refused at model construction (no training lost)."""
+    from recbole_llm.model import llm_gen_rec
+    from recbole_llm.utils.errors import UserError
+
+    def no_backbone(_config):
+        raise AssertionError("the backbone was loaded before the refusal")
+
+    monkeypatch.setattr(llm_gen_rec, "load_backbone", no_backbone)
+    config = {"objective": "cetrec", "decoder": "bigrec", "temporal_embedding": "rope_attention"}
+    fake = type("Config", (dict,), {"__getitem__": lambda self, k: self.get(k)})(config)
+    monkeypatch.setattr(llm_gen_rec.SequentialRecommender, "__init__", lambda self, c, d: None)
+    with pytest.raises(UserError, match="decoder=bigrec with temporal_embedding=rope_attention"):
+        llm_gen_rec.LLMGenRec(fake, None)
+    llm_gen_rec.check_decoder_temporal("bigrec", "rope")  # rope / sinpe enter free generation's embeddings
+    llm_gen_rec.check_decoder_temporal("d3", "rope_attention")

@@ -23,6 +23,7 @@ from recbole_llm.quick_start import load_trained
 from recbole_llm.reporting.labels import labels_for
 from recbole_llm.trainer.evaluation import evaluate_ranked
 from recbole_llm.trainer.precision import decoding_precision, model_device
+from recbole_llm.utils.config_access import check_exclude_history
 from recbole_llm.utils.runs import find_run
 
 
@@ -32,6 +33,12 @@ class Run(NamedTuple):
     label: str
     info: dict[str, Any]
     trained: Any  # recbole_llm.quick_start.Trained
+
+    def rank(self, interaction, k: int, without_history: bool = False) -> torch.Tensor:
+        """:func:`rank_items` under the run's own ``exclude_history``, so an analysis ranks as the run's test
+        did (a baseline is masked here; LLMGenRec reads the key itself)."""
+        exclude = check_exclude_history(self.trained.config["exclude_history"])
+        return rank_items(self.trained.model, interaction, k, without_history, exclude_history=exclude)
 
 
 @torch.no_grad()
@@ -64,7 +71,10 @@ def rank_items(
     if exclude_history:
         scores = mask_history_scores(scores, interaction[model.ITEM_SEQ])
     k_eff = min(k, scores.shape[1] - 1)
-    ranked = torch.topk(scores, k_eff, dim=1).indices.cpu()
+    top = torch.topk(
+        scores, k_eff, dim=1
+    )  # a masked item never fills a short list: -1 pads it, as LLMGenRec's
+    ranked = top.indices.cpu().masked_fill(torch.isneginf(top.values).cpu(), -1)
     if k_eff < k:
         ranked = torch.cat([ranked, torch.full((ranked.shape[0], k - k_eff), -1, dtype=ranked.dtype)], dim=1)
     return ranked

@@ -29,7 +29,6 @@ from recbole_llm.analysis.common import (
     analyse_runs,
     batch_size_for,
     iter_batches,
-    rank_items,
     read_run_info,
     select_rows,
     split_target_counts,
@@ -175,7 +174,7 @@ def analyse_run(
     for _, inter in iter_batches(
         test, rows_idx, batch_size_for(model, trained.config), device, f"{run.label} entropy"
     ):
-        ranked = rank_items(model, inter, k).reshape(-1)
+        ranked = run.rank(inter, k).reshape(-1)
         predicted.append(ranked[ranked > 0])
         truth.append(inter[model.POS_ITEM_ID].cpu())
     pred_ids, true_ids = torch.cat(predicted), torch.cat(truth)

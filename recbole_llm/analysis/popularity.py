@@ -23,7 +23,6 @@ from recbole_llm.analysis.common import (
     analyse_runs,
     batch_size_for,
     iter_batches,
-    rank_items,
     select_rows,
     split_target_counts,
 )
@@ -126,12 +125,12 @@ def _without_history_shares(run: Run, rows_idx: np.ndarray, k: int, groups: np.n
     test = trained.test_data.dataset
     device = model_device(model, trained.config)
     probe = test.inter_feat[torch.from_numpy(rows_idx[:2])].to(device)
-    lists = rank_items(model, probe, k, without_history=True)
+    lists = run.rank(probe, k, without_history=True)
     if len(lists) < 2 or torch.equal(lists[0], lists[1]):
         shares, counts = group_shares(lists[:1], groups, n_groups)
         return shares, counts * len(rows_idx)
     ranked = [
-        rank_items(model, inter, k, without_history=True)
+        run.rank(inter, k, without_history=True)
         for _, inter in iter_batches(
             test, rows_idx, batch_size_for(model, trained.config), device, f"{run.label} no history"
         )
@@ -165,7 +164,7 @@ def analyse_run(
     for _, inter in iter_batches(
         test, rows_idx, batch_size_for(model, trained.config), device, f"{run.label} top-{k}"
     ):
-        ranked.append(rank_items(model, inter, k))
+        ranked.append(run.rank(inter, k))
         mask = torch.arange(inter[seq_field].shape[1], device=inter[seq_field].device) < inter[
             len_field
         ].unsqueeze(1)

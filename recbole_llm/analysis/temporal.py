@@ -21,7 +21,6 @@ from recbole_llm.analysis.common import (
     batch_size_for,
     evaluate_ranked,
     iter_batches,
-    rank_items,
     select_rows,
 )
 from recbole_llm.analysis.params import Count, Folder, Overrides, Runs, Written
@@ -117,8 +116,8 @@ def analyse_run(run: Run, k: int, max_users: int | None = None, seed: int = 2020
     for _, inter in iter_batches(
         test, rows_idx, batch_size_for(model, trained.config), device, f"{run.label} reversed"
     ):
-        orig.append(rank_items(model, inter, width))
-        rev.append(rank_items(model, reversed_interaction(inter, seq_field, len_field), width))
+        orig.append(run.rank(inter, width))
+        rev.append(run.rank(reversed_interaction(inter, seq_field, len_field), width))
         targets.append(inter[model.POS_ITEM_ID].cpu())
         lengths.append(inter[len_field].cpu())
     original, reversed_ = torch.cat(orig), torch.cat(rev)

@@ -39,13 +39,24 @@ from recbole_llm.model.objectives import (
     weighted_total,
 )
 from recbole_llm.model.prompt import PromptBuilder
-from recbole_llm.model.temporal import build_temporal_module
+from recbole_llm.model.temporal import build_temporal_module, temporal_kind
 from recbole_llm.model.trie import TitleTrie
 from recbole_llm.utils.checkpoint import load_trainable, save_trainable
+from recbole_llm.utils.errors import UserError
 
 CHECKPOINT_FILE = "trainable.safetensors"
 
 __all__ = ["CHECKPOINT_FILE", "LLMGenRec"]
+
+
+def check_decoder_temporal(decoder: str, temporal: str) -> None:
+    """Refuse, before any weights load, a decoder that cannot read the model's temporal input."""
+    if decoder == "bigrec" and temporal == "rope_attention":
+        raise UserError(
+            "decoder=bigrec with temporal_embedding=rope_attention: rope_attention moves the history tokens' "
+            "position ids, which free generation (HF generate) cannot take. Decode with decoder=d3 or "
+            "constrained, or train with temporal_embedding=rope or sinpe."
+        )
 
 
 class LLMGenRec(SequentialRecommender):
@@ -58,6 +69,9 @@ class LLMGenRec(SequentialRecommender):
         self.config = config
         self.objective = build_objective(config)
         self.decoding = DecodingSettings.from_config(config, self.objective)  # validated once, here
+        check_decoder_temporal(
+            self.decoding.decoder, temporal_kind(config, self.objective.temporal_embedding)
+        )
         # exclude_history (overall.yaml, validated by Config): never recommend an item of the history.
         self.exclude_history = bool(config["exclude_history"]) if "exclude_history" in config else False
         self.extra_scorers = configured_scorers(
@@ -339,11 +353,7 @@ class LLMGenRec(SequentialRecommender):
         """BIGRec: free beam search (from the prompt's temporal input embeddings when there are any, as
         CETRec §5.1.4 evaluates), then L2 grounding of each generation to every item title
         (``exclude [U, n_items]``: items masked at grounding time, ``exclude_history``)."""
-        if self.temporal is not None and self.temporal.kind == "rope_attention":
-            raise ValueError(
-                "temporal_embedding: rope_attention moves history tokens' position ids, which free generation "
-                "(HF generate) cannot take; decode with d3 / constrained / igd, or train with rope or sinpe."
-            )
+        check_decoder_temporal("bigrec", "none" if self.temporal is None else self.temporal.kind)
         embed_fn = None
         if item_index is not None:
 

@@ -223,6 +223,15 @@ class AttentionRotaryTemporal(TemporalEmbedding):
         return item_index.clamp(min=0)
 
 
+def temporal_kind(config: Any, default: str | None = None) -> str:
+    """The validated ``temporal_embedding`` (absent -> ``default``, the objective's own, else ``none``)."""
+    kind = config_get(config, "temporal_embedding")
+    kind = str(default or "none" if kind is None else kind).strip().lower()
+    if kind not in TEMPORAL_KINDS:
+        raise ValueError(f"temporal_embedding = {kind!r}: choose one of {', '.join(TEMPORAL_KINDS)}")
+    return kind
+
+
 def build_temporal_module(
     config: Any, hidden_size: int, default: str | None = None
 ) -> TemporalEmbedding | None:
@@ -235,10 +244,7 @@ def build_temporal_module(
     def get(key: str) -> Any:
         return config_get(config, key)
 
-    kind = get("temporal_embedding")
-    kind = str(default or "none" if kind is None else kind).strip().lower()
-    if kind not in TEMPORAL_KINDS:
-        raise ValueError(f"temporal_embedding = {kind!r}: choose one of {', '.join(TEMPORAL_KINDS)}")
+    kind = temporal_kind(config, default)
     if kind == "none":
         return None
     max_items = get("temporal_max_items")
