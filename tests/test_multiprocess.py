@@ -194,3 +194,71 @@ def test_two_process_run_stopped_mid_epoch_resumes_to_the_same_result(workspace,
     assert code == 0, out
     (single,) = _results(workspace, "stopped-copy")
     assert single["best_valid_score"] == pytest.approx(uninterrupted["best_valid_score"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- fsdp: True (FSDP2, gloo)
+@pytest.fixture(scope="module")
+def fsdp_two(workspace):
+    code, out = _launch(workspace, "fsdp", 2, fsdp=True)
+    assert code == 0, out
+    return out
+
+
+def test_fsdp_two_processes_equal_one_process(workspace, one_process, fsdp_two):
+    """Sharded weights, gradients and optimizer states (2 ranks): the 1-process validation loss and the very
+    same test rankings; one run folder whose best checkpoint holds the whole (unsharded) weights."""
+    root = workspace[0]
+    assert "fsdp: 3 units sharded over 2 processes" in fsdp_two  # 2 decoder layers + the rest
+    (result,) = _results(workspace, "fsdp")
+    (run_dir,) = _run_dirs(workspace, "fsdp")
+    reference, ranked_one = one_process
+    assert result["best_valid_score"] == pytest.approx(reference["best_valid_score"], abs=1e-5)
+    assert torch.equal(torch.load(root / "fsdp" / "ranked.pt"), ranked_one)
+    assert result["test_result"] == reference["test_result"]
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "best" / "trainable.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    with safe_open(str(_run_dirs(workspace, "one")[0] / "best" / "trainable.safetensors"), "pt") as f:
+        assert shapes == {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+
+
+def test_fsdp_run_stopped_mid_epoch_resumes_sharded_and_in_one_process(workspace, fsdp_two):
+    root = workspace[0]
+    (uninterrupted,) = _results(workspace, "fsdp")
+    code, out = _launch(workspace, "fsdp-stop", 2, env={"STOP_AT": "8"}, fsdp=True)
+    assert code != 0 and "--resume=" in out, out
+    (run_dir,) = _run_dirs(workspace, "fsdp-stop")
+    state = load_training_state(run_dir / "last" / "training_state")
+    assert state["optimizer_format"] == "by_name" and state["world_size"] == 2
+    shutil.copytree(run_dir, root / "fsdp-copy" / run_dir.name)
+    code, out = _launch(workspace, "fsdp-stop", 2, f"--resume={run_dir}", fsdp=True)
+    assert code == 0, out
+    (resumed,) = _results(workspace, "fsdp-stop")
+    assert resumed["test_result"] == uninterrupted["test_result"]
+    assert resumed["best_valid_score"] == pytest.approx(uninterrupted["best_valid_score"], abs=1e-6)
+    copy = root / "fsdp-copy" / run_dir.name
+    results = root / "fsdp-copy" / "results"
+    code, out = _launch(workspace, "fsdp-copy", 1, f"--resume={copy}", f"--results_dir={results}")
+    assert code == 0, out  # one process, no sharding: the optimizer state is read by parameter name
+    (single,) = _results(workspace, "fsdp-copy")
+    assert single["best_valid_score"] == pytest.approx(uninterrupted["best_valid_score"], abs=1e-5)
+
+
+def test_shipped_accelerate_config_is_a_plain_multi_gpu_launch():
+    """properties/accelerate/fsdp.yaml parses as accelerate's config and leaves sharding to ``--fsdp=True``
+    (accelerate's own FSDP plugin is refused by the trainer)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "properties" / "accelerate" / "fsdp.yaml"))
+    assert config.distributed_type.value == "MULTI_GPU" and not config.fsdp_config
+    assert config.mixed_precision == "bf16" and config.num_processes > 1
+
+
+def test_fsdp_key_is_true_or_false():
+    from recbole_llm.config import Config
+    from recbole_llm.utils.config_access import check_fsdp
+
+    assert check_fsdp(None) is False and check_fsdp(True) is True
+    with pytest.raises(ValueError, match="fsdp='yes' must be True or False"):
+        Config(model="LLMGenRec", dataset="tiny", config_dict={"fsdp": "yes", "data_path": "nowhere"})

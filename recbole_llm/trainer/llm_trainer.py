@@ -19,7 +19,7 @@ from unittest import mock
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object
 from recbole.trainer import Trainer
 from recbole.utils import EvaluatorType, early_stopping, get_local_time, set_color
 from torch.utils.tensorboard import SummaryWriter
@@ -31,8 +31,10 @@ from recbole_llm.trainer.evaluation import ranked_to_topk, score_ranked
 from recbole_llm.trainer.ig_loss import IGLossTracker
 from recbole_llm.trainer.precision import enable_deterministic_algorithms, resolve_mixed_precision
 from recbole_llm.trainer.resume import ResumableTraining, empty_epoch_sums
+from recbole_llm.trainer.sharding import full_weights, shard_model
 from recbole_llm.utils.checkpoint import restore_rng_state
 from recbole_llm.utils.distributed import broadcast_from_main, reduce_sum
+from recbole_llm.utils.errors import UserError
 from recbole_llm.utils.io import write_json_atomic
 from recbole_llm.utils.results import config_snapshot, jsonable, run_name
 from recbole_llm.utils.runs import record_path
@@ -57,6 +59,17 @@ class LLMTrainer(ResumableTraining, Trainer):
                 super().__init__(config, model)
         self.device = self.accelerator.device
         self.model.to(self.device)
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            raise UserError(
+                "accelerate's FSDP plugin (distributed_type: FSDP) is not used by recbole-llm: launch with a "
+                "plain multi-process config (properties/accelerate/fsdp.yaml) and pass --fsdp=True."
+            )
+        # fsdp: the trainer shards the LLM itself (see trainer/sharding.py); with one process it changes nothing.
+        self.fsdp = bool(config["fsdp"]) and self.accelerator.num_processes > 1  # validated by Config
+        if self.fsdp:
+            units = shard_model(self.model, self.device)
+            self.optimizer = self._build_optimizer()  # over the sharded parameters
+            self.logger.info(f"fsdp: {units} units sharded over {self.accelerator.num_processes} processes")
         self.batch_size = int(config["train_batch_size"])
         self.micro_batch_size = int(config["micro_batch_size"] or self.batch_size)
         self.checkpoint_steps = int(config["checkpoint_steps"] or 0)
@@ -196,11 +209,12 @@ class LLMTrainer(ResumableTraining, Trainer):
         chunks = np.array_split(order, max(1, math.ceil(n / self.micro_batch_size)))[rank::world]
         sums: dict[str, torch.Tensor] = {}
         dens = self.unwrapped.loss_denominators(dataset.inter_feat)
-        for micro in tqdm(chunks, desc="Valid loss", disable=not show_progress, ncols=100):
-            with self.accelerator.autocast():
-                terms = self.model(dataset.inter_feat[torch.from_numpy(micro)].to(self.device))
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0) + value.detach().float()
+        with full_weights(self.model):  # ranks may run one chunk more than others
+            for micro in tqdm(chunks, desc="Valid loss", disable=not show_progress, ncols=100):
+                with self.accelerator.autocast():
+                    terms = self.model(dataset.inter_feat[torch.from_numpy(micro)].to(self.device))
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0) + value.detach().float()
         zero = torch.zeros((), device=self.device)
         totals = {name: float(self.accelerator.reduce(sums.get(name, zero), "sum")) for name in dens}
         return float(weighted_total(totals, dens, self.unwrapped.loss_coefficients))
@@ -242,7 +256,10 @@ class LLMTrainer(ResumableTraining, Trainer):
         )
         if self.scheduler is None:
             self.scheduler = self._build_scheduler(plan_len * self.epochs)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.fsdp:  # already sharded: accelerate would wrap it in DDP
+            self.optimizer = self.accelerator.prepare(self.optimizer)
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         if self._resume_state is not None:
             self._restore_training_state(self._resume_state)
             self._resume_state = None
@@ -402,9 +419,10 @@ class LLMTrainer(ResumableTraining, Trainer):
 
     # ----------------------------------------------------------------- checkpoints
     def _save_best(self) -> None:
-        if self.accelerator.is_main_process:
-            self.unwrapped.save_checkpoint(self.run_dir / "best")
-        self.accelerator.wait_for_everyone()
+        with full_weights(self.model):  # fsdp: rank 0 writes the whole weights, as without it
+            if self.accelerator.is_main_process:
+                self.unwrapped.save_checkpoint(self.run_dir / "best")
+            self.accelerator.wait_for_everyone()
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -437,13 +455,14 @@ class LLMTrainer(ResumableTraining, Trainer):
             disable=not show_progress or not self.accelerator.is_main_process,
             ncols=100,
         )
-        for batch_idx, batched_data in enumerate(batches):
-            if batch_idx % world != rank:
-                continue
-            interaction = batched_data[0].to(self.device)
-            with self.accelerator.autocast():
-                ranked = model.recommend(interaction, k)
-            done.append((batch_idx, ranked_to_topk(ranked, interaction[iid]).cpu(), ranked.cpu()))
+        with full_weights(self.model):  # ranks decode different users for different numbers of steps
+            for batch_idx, batched_data in enumerate(batches):
+                if batch_idx % world != rank:
+                    continue
+                interaction = batched_data[0].to(self.device)
+                with self.accelerator.autocast():
+                    ranked = model.recommend(interaction, k)
+                done.append((batch_idx, ranked_to_topk(ranked, interaction[iid]).cpu(), ranked.cpu()))
         if world > 1:
             # Each process scored every world-th batch: collect the CPU tensors (pickled objects, not
             # padded device tensors, so uneven shares are fine) and restore the dataloader's order.

@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
+from recbole_llm.trainer.sharding import full_weights, load_optimizer_state, optimizer_state
 from recbole_llm.utils.checkpoint import (
     capture_rng_state,
     load_training_state,
     save_training_state,
 )
 from recbole_llm.utils.distributed import reduce_sum
+from recbole_llm.utils.errors import UserError
 from recbole_llm.utils.io import replace_dir
 
 # Signals that stop training gracefully: finish the optimizer step, save a resumable state, exit.
@@ -81,6 +83,11 @@ def empty_epoch_sums() -> dict[str, dict[str, float]]:
     return {"sums": {}, "weight_sums": {}}
 
 
+def _bare(optimizer):
+    """The torch optimizer inside accelerate's wrapper (torch's state-dict helpers check its type)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 class ResumableTraining:
     """The trainer's resumable state: saved after steps and epochs, restored by ``--resume``, stop signals.
 
@@ -105,13 +112,20 @@ class ResumableTraining:
         # Collective sums (every rank calls them): rank 0 saves every rank's share of the epoch so far.
         epoch_sums = {key: reduce_sum(part) for key, part in self._epoch_sums.items()} if mid_epoch else None
         ig_loss = self._ig_loss_state() if mid_epoch else None
+        fsdp = getattr(self, "fsdp", False)
+        # fsdp: every rank gathers its shards of the optimizer state (by parameter name, any world size)
+        optimizer = optimizer_state(self.model, _bare(self.optimizer)) if fsdp else None
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            self.unwrapped.save_checkpoint(tmp)
+        with full_weights(self.model):
+            if acc.is_main_process:
+                self.unwrapped.save_checkpoint(tmp)
+        if acc.is_main_process:
             save_training_state(
                 tmp / "training_state",
                 {
-                    "optimizer": self.optimizer.state_dict(),
+                    "optimizer": self.optimizer.state_dict() if optimizer is None else optimizer,
+                    "optimizer_format": "by_index" if optimizer is None else "by_name",
                     "scheduler": self.scheduler.state_dict(),
                     "rng": capture_rng_state(),
                     "epoch": epoch,
@@ -168,7 +182,14 @@ class ResumableTraining:
         )
 
     def _restore_training_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer_format") == "by_name":  # written with fsdp: loads sharded or not
+            load_optimizer_state(self.model, _bare(self.optimizer), state["optimizer"])
+        elif getattr(self, "fsdp", False):
+            raise UserError(
+                "This run was trained without fsdp: resume it with --fsdp=False (any number of processes)."
+            )
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = int(state["epoch"])
         self.start_step = int(state["step"])

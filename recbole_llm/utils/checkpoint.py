@@ -43,6 +43,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from recbole_llm.utils.distributed import copy_into
 from recbole_llm.utils.io import atomic_write, write_json_atomic
 
 FORMAT_TRAINABLE = "recbole_llm.trainable"
@@ -232,7 +233,7 @@ def load_trainable(
     loaded = []
     with torch.no_grad():
         for name in sorted(set(tensors) & set(targets)):
-            targets[name].copy_(tensors[name])
+            copy_into(targets[name], tensors[name])  # a sharded (fsdp) parameter keeps its own shard
             loaded.append(name)
     return LoadResult(loaded=loaded, missing=missing, unexpected=unexpected)
 

@@ -65,3 +65,12 @@ def check_exclude_history(value: Any) -> bool:
             "history, as CFT §4.1.2 and CETRec §5.1.2 evaluate; False: RecBole's sequential default)."
         )
     return value
+
+
+def check_fsdp(value: Any) -> bool:
+    """The one validation of ``fsdp`` (LLMGenRec's trainer): a boolean, ``~`` meaning off."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"fsdp={value!r} must be True or False (True shards the LLM over the processes).")
+    return value

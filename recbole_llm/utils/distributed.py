@@ -98,9 +98,22 @@ def single_process_only(model: str) -> None:
         )
 
 
+def copy_into(target: torch.Tensor, source: torch.Tensor) -> None:
+    """``target.copy_(source)`` for a plain or a sharded (DTensor) parameter: a rank keeps its own shard of
+    ``source``, which every rank has read in full (no communication)."""
+    if torch.distributed.is_available() and type(target).__name__ == "DTensor":
+        from torch.distributed.tensor import distribute_tensor
+
+        source = distribute_tensor(
+            source.to(target.device), target.device_mesh, target.placements, src_data_rank=None
+        )
+    target.copy_(source)
+
+
 __all__ = [
     "barrier",
     "broadcast_from_main",
+    "copy_into",
     "is_main_process",
     "main_process_first",
     "process_rank",
