@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from recbole_llm.utils.config_access import config_get
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_LLM = "smollm2"
@@ -74,14 +76,6 @@ _HOW_TO_SET = (
 
 
 # --------------------------------------------------------------------------------------- SmolLM2 cache
-def config_get(config: Any, key: str, default: Any = None) -> Any:
-    """``config[key]`` or ``default`` when absent/None; works for dicts and RecBole's Config (no .get)."""
-    if config is None:
-        return default
-    value = config[key] if key in config else None  # noqa: SIM401 (RecBole's Config has no .get)
-    return default if value is None else value
-
-
 def cache_root(config: Any = None) -> Path:
     """Root of recbole_llm's model cache: config ``llm_cache_dir`` > $RECBOLE_LLM_CACHE > ~/.cache."""
     value = config_get(config, "llm_cache_dir") or os.environ.get("RECBOLE_LLM_CACHE")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
 from typing import Any
 
 
@@ -15,10 +14,7 @@ def config_get(config: Any, key: str, default: Any = None) -> Any:
     """
     if config is None:
         return default
-    if isinstance(config, Mapping):
-        value = config.get(key)
-    else:
-        value = config[key] if key in config else None  # noqa: SIM401 (RecBole's Config has no .get)
+    value = config[key] if key in config else None  # noqa: SIM401 (RecBole's Config has no .get)
     return default if value is None else value
 
 
