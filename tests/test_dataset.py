@@ -86,3 +86,46 @@ def test_cli_overrides_and_results_file(tmp_path, monkeypatch):
     assert saved["config"]["epochs"] == 1 and saved["config"]["hidden_size"] == 16
     assert set(saved["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
     assert saved["test_fingerprint"] == result["test_fingerprint"]
+
+
+# ------------------------------------------------------------------- hand-written atomic files (issue 14)
+def _titles_after_edit(tmp_path, monkeypatch, second_line: str) -> list[str]:
+    """Write the fixture, replace the .item file's first item row by ``second_line``, load the dataset."""
+    monkeypatch.setattr(sys, "argv", ["run"])
+    write_prepared(tmp_path)
+    item = tmp_path / "tiny" / "tiny.item"
+    lines = item.read_text(encoding="utf-8").splitlines(keepends=True)
+    item.write_text(lines[0] + second_line + "".join(lines[2:]), encoding="utf-8")
+    config = Config(
+        model="SASRec", dataset="tiny", config_dict={"data_path": str(tmp_path), "state": "ERROR"}
+    )
+    return create_dataset(config).item_titles()
+
+
+@pytest.mark.parametrize(
+    ("line", "title"),
+    [
+        ('i1\t"Tab\tinside (1999)"\n', "Tab\tinside (1999)"),  # quoted as a whole: the tab is kept
+        ('i1\t"""Quoted"" start (1999)"\n', '"Quoted" start (1999)'),  # a leading quote, doubled
+        ('i1\tMid "quote" (1999)\n', 'Mid "quote" (1999)'),  # a quote inside an unquoted field is literal
+    ],
+)
+def test_quoted_fields_of_a_hand_written_item_file_are_read_as_written(tmp_path, monkeypatch, line, title):
+    assert title in _titles_after_edit(tmp_path, monkeypatch, line)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("i1\tTab\tinside (1999)\n", r"tiny\.item:2: 3 tab-separated fields, the header has 2: a tab inside"),
+        ('i1\t"Unclosed (1999)\n', r"tiny\.item:2: .*(line break|quote)"),
+        ('i1\t"Closed" then more (1999)\n', r"tiny\.item:2: .*quote a field that contains"),
+    ],
+)
+def test_misread_rows_of_a_hand_written_item_file_are_refused_with_the_line(
+    tmp_path, monkeypatch, line, message
+):
+    from recbole_llm.utils.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        _titles_after_edit(tmp_path, monkeypatch, line)

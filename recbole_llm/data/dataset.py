@@ -13,6 +13,7 @@ re-splitting or augmenting them. This class adds what benchmark mode lacks:
 
 from __future__ import annotations
 
+import csv
 import os
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from recbole.data.dataset import SequentialDataset
 
 from recbole_llm.data.prepare import ensure_prepared
+from recbole_llm.utils.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 
@@ -65,6 +67,8 @@ class SharedSplitDataset(SequentialDataset):
             config["dataset"], config["data_root"], split=config["split_protocol"] or "global_time"
         )
         _check_not_empty(config)
+        for file in _atomic_files(config):
+            check_atomic_file(file)
         super().__init__(config)
 
     def _load_data(self, token, dataset_path):
@@ -145,14 +149,59 @@ class SharedSplitDataset(SequentialDataset):
         return torch.bincount(self.inter_feat[self.iid_field], minlength=self.item_num)
 
 
-def _check_not_empty(config) -> None:
-    """A split or catalogue file with only its header: RecBole would fail with ``max() arg is an empty sequence``."""
+def check_atomic_file(path: str | os.PathLike) -> None:
+    """Refuse, with the file and line, a row RecBole would misread; what passes is read as written.
+
+    RecBole reads atomic files with pandas' CSV parser (tab-separated, ``"`` quotes a whole field, ``""`` is
+    a quote inside it). A tab inside an unquoted field adds a column (pandas drops it: the title is cut) and
+    an unclosed opening quote swallows the following lines; a field that is quoted as a whole ("a<TAB>b",
+    ""quoted"" parts) is read correctly. Newlines inside fields are refused: one sample or item per line.
+    """
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quotechar='"', doublequote=True, strict=True)
+        start = 1
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            width, line = len(header), reader.line_num
+            while True:
+                start = line + 1  # the row's first line (a quoted field may run over several)
+                row = next(reader, None)
+                if row is None:
+                    break
+                line = reader.line_num
+                if line > start:
+                    raise UserError(
+                        f'{path}:{start}: a field holds a line break (an opening " without its closing '
+                        f"quote on the same line?): write each row on one line, and quote a field that "
+                        f'contains a " as a whole ("say ""hi""").'
+                    )
+                if row and len(row) != width:
+                    raise UserError(
+                        f"{path}:{start}: {len(row)} tab-separated fields, the header has {width}: a tab inside "
+                        "a field? Replace it with a space, or put the whole field in double quotes."
+                    )
+        except csv.Error as err:
+            raise UserError(
+                f"{path}:{start}: {err} (the field opened with a quote runs to line {reader.line_num}): "
+                'quote a field that contains a " as a whole '
+                '("say ""hi""") or remove the quote.'
+            ) from None
+
+
+def _atomic_files(config) -> list[str]:
+    """The split and catalogue files RecBole will read (those that exist)."""
     name, folder = config["dataset"], config["data_path"]
     files = [f"{name}.{split}.inter" for split in config["benchmark_filename"] or ()] + [f"{name}.item"]
-    for file in files:
-        path = os.path.join(folder, file)
-        if not os.path.isfile(path):
-            continue
+    return [p for p in (os.path.join(folder, f) for f in files) if os.path.isfile(p)]
+
+
+def _check_not_empty(config) -> None:
+    """A split or catalogue file with only its header: RecBole would fail with ``max() arg is an empty sequence``."""
+    name = config["dataset"]
+    for path in _atomic_files(config):
+        file = os.path.basename(path)
         with open(path, encoding="utf-8") as handle:
             rows = 0
             for line in handle:
