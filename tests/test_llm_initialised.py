@@ -3,6 +3,7 @@ starts from the LLM's title encodings (BIGRec grounding's), projected when the s
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,7 +136,7 @@ def test_a_tiny_run_through_the_quick_start_writes_results(workspace, monkeypatc
             "show_progress": False,
         },
     )
-    written = json.loads(open(result["results_file"]).read())
+    written = json.loads(Path(result["results_file"]).read_text())
     assert written["model"] == "SASRecLLM"
     assert set(written["test_result"]) >= {"hit@10", "ndcg@10"}
     assert written["test_fingerprint"]
