@@ -103,6 +103,11 @@ def test_the_table_is_cached_and_a_second_build_does_not_call_the_llm(tmp_path, 
     monkeypatch.setattr(llm_initialised, "encode_titles", no_llm)
     second, _ = _build("GRU4RecLLM", tmp_path, model_dir)  # another model, the same titles and LLM
     assert torch.equal(second.item_embedding.table, first.item_embedding.table)
+    assert llm_initialised._cache_file(
+        {"checkpoint_dir": "s", "dataset": "d"}, ["", "A"], str(model_dir)
+    ) != (
+        llm_initialised._cache_file({"checkpoint_dir": "s", "dataset": "d"}, ["", "B"], str(model_dir))
+    )  # other titles, another table
 
 
 def test_the_models_keep_their_baselines_settings(workspace, monkeypatch):

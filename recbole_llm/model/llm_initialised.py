@@ -72,9 +72,18 @@ class LLMItemEmbedding(nn.Module):
         return nn.functional.embedding(ids, self.weight)
 
 
+def _llm_identity(llm: str) -> list:
+    """The LLM folder's files (name, size, mtime): a model rewritten in the same folder gets a new table."""
+    folder = Path(llm)
+    if not folder.is_dir():
+        return [llm]  # a hub id
+    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in folder.iterdir() if f.is_file())
+
+
 def _cache_file(config: Any, titles: list[str], llm: str) -> Path:
     """``<checkpoint_dir>/llm_item_tables/<dataset>-<hash>.pt``; the hash covers titles, LLM and pooling."""
-    key = json.dumps({"llm": llm, "pooling": POOLING, "titles": titles}, ensure_ascii=False)
+    identity = {"llm": llm, "files": _llm_identity(llm), "pooling": POOLING, "titles": titles}
+    key = json.dumps(identity, ensure_ascii=False)
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
     folder = Path(config_get(config, "checkpoint_dir", "saved")) / CACHE_FOLDER
     return folder / f"{config_get(config, 'dataset', 'data')}-{digest}.pt"
