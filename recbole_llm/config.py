@@ -353,6 +353,11 @@ class Config(RecBoleConfig):
                 check_positive_int(key, final[key], optional)
         if "learning_rate" in final:
             check_learning_rate(final["learning_rate"])
+        if "llm_init_trainable" in final and not isinstance(final["llm_init_trainable"], bool):
+            raise UserError(
+                f"llm_init_trainable={final['llm_init_trainable']!r} must be True (fine-tune the LLM-initialised "
+                "item table, CFT's SASRec*/GRU4Rec*) or False (keep it frozen)."
+            )
         super()._set_default_parameters()
         # RecBole hard-wires ``ml-100k`` to its bundled raw copy; we always read the prepared split.
         data_root = self.external_config_dict.get("data_path", self.internal_config_dict.get("data_path"))

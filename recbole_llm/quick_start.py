@@ -22,7 +22,7 @@ from recbole_llm.config import Config
 from recbole_llm.data.dataset import SharedSplitDataset
 from recbole_llm.data.prepare import is_prepared
 from recbole_llm.ensemble import load_ensemble_model
-from recbole_llm.model import PLUGIN_MODELS, get_model
+from recbole_llm.model import GENERATIVE_MODELS, PLUGIN_MODELS, get_model
 from recbole_llm.model.backbone import resolve_llm_path
 from recbole_llm.model.decoding import decoding_keys
 from recbole_llm.trainer import evaluation_trainer, get_trainer
@@ -72,7 +72,7 @@ def load_run(config: Config, quiet: bool = False, with_trainer: bool = True):
             resolve_llm_path(config)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset)
-    if config["model"] not in ("LLMGenRec",):
+    if config["model"] not in GENERATIVE_MODELS:
         model = model.to(config["device"])
     if getattr(model, "decoding", None) is not None and model.decoding.uses_ensemble:
         model.set_ensemble_model(
@@ -186,7 +186,7 @@ def run_recbole_llm(
 def _start_processes(config: Config) -> None:
     """Several processes (torchrun, accelerate launch): LLMGenRec joins the process group now (gloo on CPU,
     NCCL on GPUs), so rank 0 can prepare data and name folders for all; RecBole's baselines are refused."""
-    if config["model"] not in PLUGIN_MODELS:
+    if config["model"] not in GENERATIVE_MODELS:
         single_process_only(config["model"])
         return
     import torch

@@ -3,16 +3,26 @@
 import re
 from pathlib import Path
 
+import recbole
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+RECBOLE_MODELS = Path(recbole.__file__).resolve().parent / "properties" / "model"
 
 
 def test_every_llmgenrec_key_is_documented():
     keys = yaml.safe_load((ROOT / "properties" / "model" / "LLMGenRec.yaml").read_text())
     missing = [k for k in keys if f"`{k}`" not in README]
     assert not missing, f"README lacks LLMGenRec.yaml keys: {missing}"
+
+
+def test_every_key_of_the_llm_initialised_baselines_is_documented():
+    for model in ("SASRecLLM", "GRU4RecLLM"):
+        keys = yaml.safe_load((ROOT / "properties" / "model" / f"{model}.yaml").read_text())
+        base = yaml.safe_load((RECBOLE_MODELS / f"{model[:-3]}.yaml").read_text())  # SASRec's own keys
+        missing = [k for k in keys if k not in base and f"`{k}`" not in README]
+        assert not missing, f"README lacks {model}.yaml keys: {missing}"
 
 
 def test_every_objective_and_decoder_row_is_in_the_papers_table():

@@ -100,13 +100,14 @@ def _config(model, data, extra):
     )
 
 
-@pytest.mark.parametrize("model_name", ["SASRec", "GRU4Rec", "Caser"])
+@pytest.mark.parametrize("model_name", ["SASRec", "GRU4Rec", "Caser", "SASRecLLM", "GRU4RecLLM"])
 def test_baselines_never_rank_a_history_item(workspace, monkeypatch, model_name):
     monkeypatch.setattr(sys, "argv", ["run"])
-    root, _ = workspace
+    root, model_dir = workspace
     seen = {}
+    llm = {"llm_path": str(model_dir), "checkpoint_dir": str(root / "saved")} if "LLM" in model_name else {}
     for exclude in (False, True):
-        config = _config(model_name, root / "data", {"exclude_history": exclude, "epochs": 1})
+        config = _config(model_name, root / "data", {"exclude_history": exclude, "epochs": 1, **llm})
         _, (_, _, test), model, trainer = load_run(config, quiet=True)
         model.eval()
         trainer.tot_item_num = test._dataset.item_num  # what Trainer.evaluate sets before scoring

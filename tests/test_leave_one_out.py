@@ -60,8 +60,9 @@ def test_every_model_sees_identical_triples_per_split(tmp_path, monkeypatch, tin
     monkeypatch.setattr(sys, "argv", ["run"])
     expected = write_prepared(tmp_path, split=split)
     got = {}
-    for model in ("SASRec", "GRU4Rec", "Caser", "LLMGenRec"):
-        extra = {"llm_path": str(tiny_model_path)} if model == "LLMGenRec" else {}
+    for model in ("SASRec", "GRU4Rec", "Caser", "SASRecLLM", "GRU4RecLLM", "LLMGenRec"):
+        llm = {"llm_path": str(tiny_model_path), "checkpoint_dir": str(tmp_path / "saved")}
+        extra = llm if "LLM" in model else {}
         config = Config(
             model=model,
             dataset="tiny",

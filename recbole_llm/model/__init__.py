@@ -16,7 +16,14 @@ import recbole
 
 from recbole_llm.utils.errors import UserError
 
-PLUGIN_MODELS: dict[str, str] = {"LLMGenRec": "recbole_llm.model.llm_gen_rec"}
+PLUGIN_MODELS: dict[str, str] = {
+    "LLMGenRec": "recbole_llm.model.llm_gen_rec",
+    "SASRecLLM": "recbole_llm.model.llm_initialised",  # CFT's SASRec* (§4.1.3)
+    "GRU4RecLLM": "recbole_llm.model.llm_initialised",  # CFT's GRU4Rec*
+}
+# The plugin's generative models: trained by LLMTrainer (accelerate, several processes). The others, such as
+# SASRecLLM, are RecBole models trained by RecBole's trainer like SASRec.
+GENERATIVE_MODELS = frozenset({"LLMGenRec"})
 
 
 def is_generative(model: object) -> bool:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 GROUNDING_RULES = ("bigrec", "cft")
 CFT_GENERATIONS = 5  # CFT §4.1.4 (and CETRec) ground 5 generations
@@ -177,11 +178,12 @@ def embed_token_sequences(
     batch_size: int = 64,
     padding_side: str = "left",
     out_dtype: torch.dtype = torch.float32,
+    progress: bool = False,
 ) -> Tensor:
     """Embed token-id sequences (item titles or generations) with ``last_token_hidden``: ``[N, H]``.
 
     Batches sequences of similar length together (sorted by length) and returns rows in input order,
-    on the model's device.
+    on the model's device. ``progress`` shows a bar over the batches (a whole catalogue takes a while).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -192,7 +194,8 @@ def embed_token_sequences(
     device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     chunks: list[Tensor] = []
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="Embed titles", disable=not progress, ncols=100):
         rows = [list(sequences[i]) for i in order[start : start + batch_size]]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
@@ -208,6 +211,25 @@ def embed_token_sequences(
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return stacked[inverse.to(stacked.device)]
+
+
+@torch.no_grad()
+def embed_item_titles(
+    model: nn.Module,
+    target_sequences: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    eos_token_id: int,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Tensor:
+    """Every item's title embedding ``[N - 1, H]`` (row 0 = item 1): ``last_token_hidden`` of its target
+    piece with EOS stripped, as BIGRec grounds to. ``target_sequences`` is indexed by item id, entry 0
+    (padding) is skipped. One definition for BIGRec grounding and for CFT's LLM-initialised baselines."""
+    sequences = [strip_eos(s, eos_token_id) for s in target_sequences[1:]]
+    return embed_token_sequences(
+        model, sequences, pad_token_id=pad_token_id, batch_size=batch_size, progress=progress
+    )
 
 
 def free_beam_generate(

@@ -30,7 +30,7 @@ from recbole_llm.model.decoding import (
     leaves_to_items,
     ranking_to_scores,
 )
-from recbole_llm.model.grounding import embed_token_sequences, ground_generations, strip_eos
+from recbole_llm.model.grounding import embed_item_titles, ground_generations
 from recbole_llm.model.objectives import (
     CAUSAL,
     build_objective,
@@ -379,10 +379,11 @@ class LLMGenRec(SequentialRecommender):
         """Last-layer hidden state of every item title's last token, EOS excluded as in BIGRec (cached until
         the weights change)."""
         if self._title_emb is None:
-            eos = self.prompts.eos_token_id
-            sequences = [strip_eos(s, eos) for s in self.prompts.all_target_sequences()[1:]]
-            self._title_emb = embed_token_sequences(
-                self.llm, sequences, pad_token_id=self.prompts.pad_token_id
+            self._title_emb = embed_item_titles(
+                self.llm,
+                self.prompts.all_target_sequences(),
+                pad_token_id=self.prompts.pad_token_id,
+                eos_token_id=self.prompts.eos_token_id,
             )
         return self._title_emb
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from unittest import mock
 
-from recbole_llm.model import PLUGIN_MODELS
+from recbole_llm.model import GENERATIVE_MODELS
 from recbole_llm.trainer.llm_trainer import LLMTrainer, NoTensorBoard
 from recbole_llm.trainer.resume import TrainingStopped
 from recbole_llm.trainer.safe_trainer import SafeTrainer
@@ -18,7 +18,7 @@ __all__ = ["LLMTrainer", "SafeTrainer", "TrainingStopped", "evaluation_trainer",
 
 def get_trainer(model_name: str) -> type:
     """LLM models get the accelerate trainer; RecBole's sequential models RecBole's trainer, safe checkpoints."""
-    return LLMTrainer if model_name in PLUGIN_MODELS else SafeTrainer
+    return LLMTrainer if model_name in GENERATIVE_MODELS else SafeTrainer
 
 
 def evaluation_trainer(config, model):
