@@ -33,6 +33,7 @@ from recbole_llm.utils.distributed import (
     single_process_only,
     start_processes,
 )
+from recbole_llm.utils.errors import UserError, UserFileError
 from recbole_llm.utils.io import read_json
 from recbole_llm.utils.results import jsonable, save_results, split_fingerprint
 from recbole_llm.utils.runs import find_in_run, find_run, resolve_path
@@ -100,6 +101,7 @@ def resume_settings(
     """
     info_file = find_in_run(resume)
     if info_file is None:
+        check_resume_target(resume)
         return model, dataset, config_dict
     info = read_json(info_file)
     for key, given in (("model", model), ("dataset", dataset)):
@@ -112,6 +114,21 @@ def resume_settings(
     merged.update(_where_run_is_now(info, info_file.parent, info_file.parent / "best", config_dict))
     merged.update(config_dict or {})
     return info["model"], info["dataset"], merged
+
+
+def check_resume_target(resume: str | Path) -> None:
+    """A ``--resume`` target without ``run.json`` must be a baseline's checkpoint file: a missing path or a
+    folder that is no run used to end in "No model given: pass --model=SASRec"."""
+    path = Path(resume)
+    if not path.exists():
+        raise UserFileError(
+            f"--resume={resume}: {path} does not exist; pass a run folder under saved/ (it holds run.json)."
+        )
+    if path.is_dir():
+        raise UserError(
+            f"--resume={resume}: {path} holds no run.json, so it is not a run folder: pass a run folder "
+            "under saved/ (it holds run.json), or a baseline's .pth checkpoint with --model and --dataset."
+        )
 
 
 def _where_run_is_now(
