@@ -13,6 +13,7 @@ re-splitting or augmenting them. This class adds what benchmark mode lacks:
 
 from __future__ import annotations
 
+import csv
 import os
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from recbole.data.dataset import SequentialDataset
 
 from recbole_llm.data.prepare import ensure_prepared
+from recbole_llm.utils.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 
@@ -65,6 +67,8 @@ class SharedSplitDataset(SequentialDataset):
             config["dataset"], config["data_root"], split=config["split_protocol"] or "global_time"
         )
         _check_not_empty(config)
+        for path in _atomic_files(config):
+            check_atomic_file(path)
         super().__init__(config)
 
     def _load_data(self, token, dataset_path):
@@ -166,3 +170,53 @@ def _check_not_empty(config) -> None:
                 f"(`python -m recbole_llm.data prepare {name}` with a lower --kcore or a wider --start/--end) "
                 "or check the file."
             )
+
+
+def _atomic_files(config) -> list[str]:
+    """The split and catalogue files RecBole will read (those that exist)."""
+    name, folder = config["dataset"], config["data_path"]
+    files = [f"{name}.{split}.inter" for split in config["benchmark_filename"] or ()] + [f"{name}.item"]
+    return [p for p in (os.path.join(folder, f) for f in files) if os.path.isfile(p)]
+
+
+def check_atomic_file(path: str | os.PathLike) -> None:
+    """Refuse, with ``file:line`` and the fix, an atomic file RecBole would misread.
+
+    RecBole reads atomic files with ``pd.read_csv(sep="\\t", engine="python")``: CSV quoting, tab-separated.
+    A tab inside a field silently shifts the rest of that line (a title was cut at the tab), and a field
+    that starts with ``"`` but is not a whole quoted field raised a pandas ``ParserError`` naming no file.
+    This reads the file with the same rules (Python's ``csv``, which pandas' python engine uses) and
+    checks that every record has as many fields as the header. A field holding a quote, a tab or a
+    newline is read correctly when it is written as a quoted field with inner quotes doubled, which is
+    how ``python -m recbole_llm.data prepare`` writes titles.
+    """
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quotechar='"', doublequote=True, strict=True)
+        header = next(reader, [])
+        start = reader.line_num + 1
+        try:
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise UserError(_field_count_message(path, start, len(row), header))
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise UserError(
+                f"{path}:{start}: {err}. A field that starts with a double quote must be quoted as a "
+                'whole, inner quotes doubled ("""Weird Al"" Yankovic" for "Weird Al" Yankovic), as '
+                "`python -m recbole_llm.data prepare` writes it."
+            ) from None
+
+
+def _field_count_message(path: str | os.PathLike, line: int, fields: int, header: list[str]) -> str:
+    """Why a record has the wrong number of fields, and the fix."""
+    names = ", ".join(h.split(":")[0] for h in header)
+    if fields > len(header):
+        why = "a field holds a tab (the rest of the line would shift into the next field)"
+        fix = "replace the tab with a space, or quote the whole field"
+    else:
+        why = "a field is missing, or a field on the line before holds a line break"
+        fix = "give every field, and replace line breaks inside a field with a space (or quote the field)"
+    return (
+        f"{path}:{line}: {fields} fields where the header has {len(header)} ({names}): {why}. "
+        f"Fields are tab-separated: {fix}."
+    )
