@@ -30,6 +30,7 @@ COMMANDS = {
     "run_hyper.py": ["run_hyper.py", "--dataset=tiny", "--data_path=data"],
     "recommend": ["-m", "recbole_llm.recommend"],
     "analysis": ["-m", "recbole_llm.analysis"],
+    "data": ["-m", "recbole_llm.data"],
 }
 RUN = "RUN"  # replaced by the module's finished tiny run (its results JSON)
 TRUNCATED = '{"run": "LLMGenRec-sft-d3", "model": "LLMGenRec", "dataset": "ti'
@@ -165,6 +166,13 @@ CASES = [
         "copy the results JSON again",
         "analysis",
     ),
+    Case(
+        ("prepare", "steam", "--reviews", "nope.json.gz", "--meta", "nope2.json.gz", "--data-path", "d"),
+        {},
+        "Steam reviews file not found: nope.json.gz",
+        "pass the path of the downloaded raw file",
+        "data",
+    ),
 ]
 
 
@@ -244,6 +252,14 @@ def test_mistake_is_one_line_and_exit_2(case: Case, prepared: Path, tmp_path: Pa
     assert _snapshot(tmp_path) == before  # no saved/, log/, results/ or anything else
     if run.is_file():
         assert _snapshot(run_root) == run_before  # reading the run wrote nothing beside it either
+
+
+def test_recommend_command_prints_k_items(finished: Path, prepared: Path, tmp_path: Path):
+    """The run's path is the command's argument, not a setting (RecBole's Config used to refuse it)."""
+    case = Case((str(finished), *HISTORY, "--k", "2"), {}, "", "", "recommend")
+    done, before = _run_case(case, tmp_path, prepared, finished)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.splitlines()) == 2 and _snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("debug", ["flag", "env"])
