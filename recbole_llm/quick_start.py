@@ -117,14 +117,16 @@ def resume_settings(
 
 
 def check_resume_target(resume: str | Path) -> None:
-    """A ``--resume`` target without ``run.json`` must be a baseline's checkpoint file: a missing path or a
-    folder that is no run used to end in "No model given: pass --model=SASRec"."""
+    """A ``--resume`` target without ``run.json`` must be a baseline's checkpoint file or hold a training
+    state (whose own checks then apply): a missing path or a folder that is no run used to end in "No model
+    given: pass --model=SASRec"."""
     path = Path(resume)
     if not path.exists():
         raise UserFileError(
             f"--resume={resume}: {path} does not exist; pass a run folder under saved/ (it holds run.json)."
         )
-    if path.is_dir():
+    states = [path / "training_state", *path.glob("*/training_state")]  # last/, last.old/, last.tmp/
+    if path.is_dir() and not any(state.is_file() for state in states):
         raise UserError(
             f"--resume={resume}: {path} holds no run.json, so it is not a run folder: pass a run folder "
             "under saved/ (it holds run.json), or a baseline's .pth checkpoint with --model and --dataset."
