@@ -19,7 +19,7 @@ from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_llm.config import Config
-from recbole_llm.data.dataset import SharedSplitDataset
+from recbole_llm.data.dataset import SharedSplitDataset, check_dataset_files
 from recbole_llm.data.prepare import is_prepared
 from recbole_llm.ensemble import load_ensemble_model
 from recbole_llm.model import PLUGIN_MODELS, get_model
@@ -193,9 +193,17 @@ def run_recbole_llm(
     if resume:
         model, dataset, config_dict = resume_settings(resume, model, dataset, config_dict)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    _check_files_early(config)
     _start_processes(config)
     logger = _start_logging(config)
     return _train_and_test(config, logger, saved=saved, verbose=True)
+
+
+def _check_files_early(config: Config) -> None:
+    """A prepared dataset's files are checked before ``log/`` and ``saved/`` exist: a refused hand-written
+    file leaves nothing behind (a dataset still to prepare is checked when it is loaded)."""
+    if is_prepared(config["dataset"], Path(config["data_path"]).parent):
+        check_dataset_files(config)
 
 
 def _start_processes(config: Config) -> None:

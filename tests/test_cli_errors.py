@@ -11,6 +11,7 @@ prints it again.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ HISTORY = ("--history", "Toy Story (1995)")
 
 class Case(NamedTuple):
     args: tuple[str, ...]  # after the command (COMMANDS[cli])
-    files: dict[str, str]  # written in the working folder first
+    files: dict[str, str | None]  # written in the working folder first (None: a copy of the tiny dataset)
     message: str  # the error line contains it
     fix: str  # what to do (README table)
     cli: str = "run"
@@ -167,6 +168,13 @@ CASES = [
         "analysis",
     ),
     Case(
+        ("--model=SASRec", "--dataset=tiny", "--data_path=own"),
+        {"own/tiny": None, "own/tiny/tiny.item": "item_id:token\ttitle:token\ni1\tStar\tWars (1977)\n"},
+        "own/tiny/tiny.item:2: 3 fields where the header has 2",
+        "a hand-written atomic file with a tab inside a field: replace it with a space, or quote the field",
+        "run_recbole_llm.py",
+    ),
+    Case(
         ("prepare", "steam", "--reviews", "nope.json.gz", "--meta", "nope2.json.gz", "--data-path", "d"),
         {},
         "Steam reviews file not found: nope.json.gz",
@@ -228,6 +236,9 @@ def _run_case(
     """``case`` through its real command in ``folder`` (the tiny dataset linked as ``data/``)."""
     (folder / "data").symlink_to(prepared, target_is_directory=True)
     for name, text in case.files.items():
+        if text is None:
+            shutil.copytree(prepared / "tiny", folder / name)
+            continue
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
     command, *rest = COMMANDS[case.cli]

@@ -66,9 +66,7 @@ class SharedSplitDataset(SequentialDataset):
         ensure_prepared(
             config["dataset"], config["data_root"], split=config["split_protocol"] or "global_time"
         )
-        _check_not_empty(config)
-        for path in _atomic_files(config):
-            check_atomic_file(path)
+        check_dataset_files(config)
         super().__init__(config)
 
     def _load_data(self, token, dataset_path):
@@ -172,6 +170,19 @@ def _check_not_empty(config) -> None:
             )
 
 
+def check_dataset_files(config) -> None:
+    """The split and catalogue files are not empty and are well-formed atomic files (see
+    :func:`check_atomic_file`). ``run_recbole_llm`` runs this before it creates ``log/`` or ``saved/``, so a
+    refused dataset leaves nothing behind; the dataset runs it again when it loads (free: see there)."""
+    _check_not_empty(config)
+    for path in _atomic_files(config):
+        check_atomic_file(path)
+
+
+# Files already checked, by (path, size, mtime): a run checks before it starts and again when it loads.
+_CHECKED: set[tuple[str, int, int]] = set()
+
+
 def _atomic_files(config) -> list[str]:
     """The split and catalogue files RecBole will read (those that exist)."""
     name, folder = config["dataset"], config["data_path"]
@@ -190,6 +201,10 @@ def check_atomic_file(path: str | os.PathLike) -> None:
     newline is read correctly when it is written as a quoted field with inner quotes doubled, which is
     how ``python -m recbole_llm.data prepare`` writes titles.
     """
+    stat = os.stat(path)
+    version = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if version in _CHECKED:
+        return
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quotechar='"', doublequote=True, strict=True)
         header = next(reader, [])
@@ -205,6 +220,7 @@ def check_atomic_file(path: str | os.PathLike) -> None:
                 'whole, inner quotes doubled ("""Weird Al"" Yankovic" for "Weird Al" Yankovic), as '
                 "`python -m recbole_llm.data prepare` writes it."
             ) from None
+    _CHECKED.add(version)
 
 
 def _field_count_message(path: str | os.PathLike, line: int, fields: int, header: list[str]) -> str:
