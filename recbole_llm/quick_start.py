@@ -19,7 +19,7 @@ from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_llm.config import Config
-from recbole_llm.data.dataset import SharedSplitDataset
+from recbole_llm.data.dataset import SharedSplitDataset, check_dataset_files
 from recbole_llm.data.prepare import is_prepared
 from recbole_llm.ensemble import load_ensemble_model
 from recbole_llm.model import GENERATIVE_MODELS, PLUGIN_MODELS, get_model
@@ -34,6 +34,7 @@ from recbole_llm.utils.distributed import (
     single_process_only,
     start_processes,
 )
+from recbole_llm.utils.errors import UserError, UserFileError
 from recbole_llm.utils.io import read_json
 from recbole_llm.utils.results import jsonable, save_results, split_fingerprint
 from recbole_llm.utils.runs import find_in_run, find_run, resolve_path
@@ -104,6 +105,7 @@ def resume_settings(
     """
     info_file = find_in_run(resume)
     if info_file is None:
+        check_resume_target(resume)
         return model, dataset, config_dict
     info = read_json(info_file)
     for key, given in (("model", model), ("dataset", dataset)):
@@ -116,6 +118,23 @@ def resume_settings(
     merged.update(_where_run_is_now(info, info_file.parent, info_file.parent / "best", config_dict))
     merged.update(config_dict or {})
     return info["model"], info["dataset"], merged
+
+
+def check_resume_target(resume: str | Path) -> None:
+    """A ``--resume`` target without ``run.json`` must be a baseline's checkpoint file or hold a training
+    state (whose own checks then apply): a missing path or a folder that is no run used to end in "No model
+    given: pass --model=SASRec"."""
+    path = Path(resume)
+    if not path.exists():
+        raise UserFileError(
+            f"--resume={resume}: {path} does not exist; pass a run folder under saved/ (it holds run.json)."
+        )
+    states = [path / "training_state", *path.glob("*/training_state")]  # last/, last.old/, last.tmp/
+    if path.is_dir() and not any(state.is_file() for state in states):
+        raise UserError(
+            f"--resume={resume}: {path} holds no run.json, so it is not a run folder: pass a run folder "
+            "under saved/ (it holds run.json), or a baseline's .pth checkpoint with --model and --dataset."
+        )
 
 
 def _where_run_is_now(
@@ -178,9 +197,17 @@ def run_recbole_llm(
     if resume:
         model, dataset, config_dict = resume_settings(resume, model, dataset, config_dict)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    _check_files_early(config)
     _start_processes(config)
     logger = _start_logging(config)
     return _train_and_test(config, logger, saved=saved, verbose=True)
+
+
+def _check_files_early(config: Config) -> None:
+    """A prepared dataset's files are checked before ``log/`` and ``saved/`` exist: a refused hand-written
+    file leaves nothing behind (a dataset still to prepare is checked when it is loaded)."""
+    if is_prepared(config["dataset"], Path(config["data_path"]).parent):
+        check_dataset_files(config)
 
 
 def _start_processes(config: Config) -> None:

@@ -76,3 +76,16 @@ def test_cpu_threads_sets_torch_threads_and_rejects_bad_values():
                 set_cpu_threads(bad)
     finally:
         torch.set_num_threads(before)
+
+
+def test_space_form_one_list_value_and_the_string_none_are_read_as_written(monkeypatch):
+    """Issue 14: ``--objective igd`` trained SFT, ``--lora_target_modules=q_proj`` became its letters."""
+    monkeypatch.setattr(
+        sys, "argv", ["run", "--objective=igd", "--lora_target_modules=q_proj", "--fill=none"]
+    )
+    equals = Config(model="LLMGenRec", dataset="tiny")
+    monkeypatch.setattr(sys, "argv", ["run", "--objective", "igd", "--lora_target_modules", "q_proj"])
+    spaces = Config(model="LLMGenRec", dataset="tiny")
+    assert equals["objective"] == spaces["objective"] == "igd"
+    assert equals["lora_target_modules"] == spaces["lora_target_modules"] == ["q_proj"]
+    assert equals["fill"] == "none"  # the option's name, not Python's None

@@ -8,7 +8,8 @@ from recbole.data import data_preparation
 
 from recbole_llm.config import Config
 from recbole_llm.quick_start import create_dataset, run_recbole_llm
-from tests.fixtures import write_prepared
+from recbole_llm.utils.errors import UserError
+from tests.fixtures import TITLES, write_prepared
 
 
 def _triples(loader):
@@ -88,44 +89,56 @@ def test_cli_overrides_and_results_file(tmp_path, monkeypatch):
     assert saved["test_fingerprint"] == result["test_fingerprint"]
 
 
-# ------------------------------------------------------------------- hand-written atomic files (issue 14)
-def _titles_after_edit(tmp_path, monkeypatch, second_line: str) -> list[str]:
-    """Write the fixture, replace the .item file's first item row by ``second_line``, load the dataset."""
+ITEM_HEADER = "item_id:token\ttitle:token\n"
+
+
+def _items(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "tiny" / "tiny.item"
+    path.write_text(ITEM_HEADER + body, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # Issue 14: a tab inside a title silently cut the title at the tab ...
+        ("i1\tThe Matrix (1999)\ni2\tStar\tWars (1977)\n", r"tiny\.item:3: 3 fields where the header has 2 "),
+        # ... a title starting with a quote raised a pandas ParserError naming no file ...
+        ('i1\tThe Matrix (1999)\ni2\t"Weird Al" Yankovic\n', r"tiny\.item:3: .*quoted as a whole"),
+        # ... a line break inside a title leaves a short line (here line 4), and so does a missing field.
+        ("i1\tThe Matrix (1999)\ni2\tStar\nWars (1977)\n", r"tiny\.item:4: 1 fields where the header has 2"),
+        ('i1\t"The Matrix (1999)\ni2\tToy Story\n', r"tiny\.item:2: .*unexpected end of data"),
+    ],
+)
+def test_hand_written_atomic_files_are_refused_at_the_line(tmp_path, monkeypatch, body, message):
     monkeypatch.setattr(sys, "argv", ["run"])
     write_prepared(tmp_path)
-    item = tmp_path / "tiny" / "tiny.item"
-    lines = item.read_text(encoding="utf-8").splitlines(keepends=True)
-    item.write_text(lines[0] + second_line + "".join(lines[2:]), encoding="utf-8")
+    path = _items(tmp_path, body)
     config = Config(
         model="SASRec", dataset="tiny", config_dict={"data_path": str(tmp_path), "state": "ERROR"}
     )
-    return create_dataset(config).item_titles()
+    with pytest.raises(UserError, match=message) as err:
+        create_dataset(config)
+    assert str(path) in str(err.value)
 
 
-@pytest.mark.parametrize(
-    ("line", "title"),
-    [
-        ('i1\t"Tab\tinside (1999)"\n', "Tab\tinside (1999)"),  # quoted as a whole: the tab is kept
-        ('i1\t"""Quoted"" start (1999)"\n', '"Quoted" start (1999)'),  # a leading quote, doubled
-        ('i1\tMid "quote" (1999)\n', 'Mid "quote" (1999)'),  # a quote inside an unquoted field is literal
-    ],
-)
-def test_quoted_fields_of_a_hand_written_item_file_are_read_as_written(tmp_path, monkeypatch, line, title):
-    assert title in _titles_after_edit(tmp_path, monkeypatch, line)
-
-
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ("i1\tTab\tinside (1999)\n", r"tiny\.item:2: 3 tab-separated fields, the header has 2: a tab inside"),
-        ('i1\t"Unclosed (1999)\n', r"tiny\.item:2: .*(line break|quote)"),
-        ('i1\t"Closed" then more (1999)\n', r"tiny\.item:2: .*quote a field that contains"),
-    ],
-)
-def test_misread_rows_of_a_hand_written_item_file_are_refused_with_the_line(
-    tmp_path, monkeypatch, line, message
-):
-    from recbole_llm.utils.errors import UserError
-
-    with pytest.raises(UserError, match=message):
-        _titles_after_edit(tmp_path, monkeypatch, line)
+def test_quoted_fields_keep_tabs_quotes_and_line_breaks(tmp_path, monkeypatch):
+    """A field quoted as a whole (inner quotes doubled, as preparation writes titles) is read verbatim."""
+    monkeypatch.setattr(sys, "argv", ["run"])
+    write_prepared(tmp_path)
+    odd = {"i2": '"Weird Al" Yankovic', "i3": "Star\tWars", "i7": "Line\nbreak", "i8": 'Say "hi"'}
+    rows = "".join(
+        f"{raw}\t{odd.get(raw, title)}\n"
+        if raw not in odd
+        else f'{raw}\t"{odd[raw].replace(chr(34), 2 * chr(34))}"\n'
+        for raw, title in TITLES.items()
+    )
+    _items(tmp_path, rows)
+    config = Config(
+        model="SASRec", dataset="tiny", config_dict={"data_path": str(tmp_path), "state": "ERROR"}
+    )
+    dataset = create_dataset(config)
+    titles = dataset.item_titles()
+    for raw, title in odd.items():
+        assert titles[int(dataset.token2id("item_id", raw))] == title
+    assert titles[int(dataset.token2id("item_id", "i1"))] == "The Matrix (1999)"

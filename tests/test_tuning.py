@@ -226,6 +226,26 @@ def test_end_to_end_grid_on_llmgenrec_selects_the_lowest_loss(tmp_path, monkeypa
         saved = json.loads((tmp_path / record["results_file"]).read_text())
         assert Path(saved["checkpoint"]).is_dir() and saved["train_seconds"] > 0
         assert saved["n_test_samples"] == 4 and len(saved["test_fingerprint"]) == 16
+    _trial_works_as_a_run(tmp_path / out["best"]["results_file"], tmp_path)
+
+
+def _trial_works_as_a_run(results_file: Path, root: Path) -> None:
+    """recommend, --evaluate and compare read a trial's results JSON as they read a normal run's
+    (issue 14: trials used to record no checkpoint, so all three refused them or showed "–")."""
+    from recbole_llm.quick_start import evaluate_run
+    from recbole_llm.recommend import Recommender
+    from recbole_llm.reporting.compare import comparison_table
+    from recbole_llm.reporting.results import load_results
+
+    rec = Recommender.load(results_file)
+    title = rec.titles[1]
+    assert 1 <= len(rec.recommend([title], k=2)) <= 2
+    again = evaluate_run(results_file, config_dict={"state": "ERROR"})
+    evaluated = json.loads(Path(again["results_file"]).read_text())
+    assert evaluated["evaluated_from"] == str(results_file) and evaluated["n_test_samples"] == 4
+    assert Path(evaluated["checkpoint"]).is_dir()
+    row = comparison_table(load_results([results_file])).iloc[0]
+    assert row["n_test_samples"] == 4 and row["train_seconds"] > 0 and not math.isnan(row["hit@10"])
 
 
 @pytest.mark.parametrize("key", DECODING_KEYS)

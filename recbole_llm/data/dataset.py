@@ -66,9 +66,7 @@ class SharedSplitDataset(SequentialDataset):
         ensure_prepared(
             config["dataset"], config["data_root"], split=config["split_protocol"] or "global_time"
         )
-        _check_not_empty(config)
-        for file in _atomic_files(config):
-            check_atomic_file(file)
+        check_dataset_files(config)
         super().__init__(config)
 
     def _load_data(self, token, dataset_path):
@@ -149,59 +147,14 @@ class SharedSplitDataset(SequentialDataset):
         return torch.bincount(self.inter_feat[self.iid_field], minlength=self.item_num)
 
 
-def check_atomic_file(path: str | os.PathLike) -> None:
-    """Refuse, with the file and line, a row RecBole would misread; what passes is read as written.
-
-    RecBole reads atomic files with pandas' CSV parser (tab-separated, ``"`` quotes a whole field, ``""`` is
-    a quote inside it). A tab inside an unquoted field adds a column (pandas drops it: the title is cut) and
-    an unclosed opening quote swallows the following lines; a field that is quoted as a whole ("a<TAB>b",
-    ""quoted"" parts) is read correctly. Newlines inside fields are refused: one sample or item per line.
-    """
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quotechar='"', doublequote=True, strict=True)
-        start = 1
-        try:
-            header = next(reader, None)
-            if header is None:
-                return
-            width, line = len(header), reader.line_num
-            while True:
-                start = line + 1  # the row's first line (a quoted field may run over several)
-                row = next(reader, None)
-                if row is None:
-                    break
-                line = reader.line_num
-                if line > start:
-                    raise UserError(
-                        f'{path}:{start}: a field holds a line break (an opening " without its closing '
-                        f"quote on the same line?): write each row on one line, and quote a field that "
-                        f'contains a " as a whole ("say ""hi""").'
-                    )
-                if row and len(row) != width:
-                    raise UserError(
-                        f"{path}:{start}: {len(row)} tab-separated fields, the header has {width}: a tab inside "
-                        "a field? Replace it with a space, or put the whole field in double quotes."
-                    )
-        except csv.Error as err:
-            raise UserError(
-                f"{path}:{start}: {err} (the field opened with a quote runs to line {reader.line_num}): "
-                'quote a field that contains a " as a whole '
-                '("say ""hi""") or remove the quote.'
-            ) from None
-
-
-def _atomic_files(config) -> list[str]:
-    """The split and catalogue files RecBole will read (those that exist)."""
-    name, folder = config["dataset"], config["data_path"]
-    files = [f"{name}.{split}.inter" for split in config["benchmark_filename"] or ()] + [f"{name}.item"]
-    return [p for p in (os.path.join(folder, f) for f in files) if os.path.isfile(p)]
-
-
 def _check_not_empty(config) -> None:
     """A split or catalogue file with only its header: RecBole would fail with ``max() arg is an empty sequence``."""
-    name = config["dataset"]
-    for path in _atomic_files(config):
-        file = os.path.basename(path)
+    name, folder = config["dataset"], config["data_path"]
+    files = [f"{name}.{split}.inter" for split in config["benchmark_filename"] or ()] + [f"{name}.item"]
+    for file in files:
+        path = os.path.join(folder, file)
+        if not os.path.isfile(path):
+            continue
         with open(path, encoding="utf-8") as handle:
             rows = 0
             for line in handle:
@@ -215,3 +168,71 @@ def _check_not_empty(config) -> None:
                 f"(`python -m recbole_llm.data prepare {name}` with a lower --kcore or a wider --start/--end) "
                 "or check the file."
             )
+
+
+def check_dataset_files(config) -> None:
+    """The split and catalogue files are not empty and are well-formed atomic files (see
+    :func:`check_atomic_file`). ``run_recbole_llm`` runs this before it creates ``log/`` or ``saved/``, so a
+    refused dataset leaves nothing behind; the dataset runs it again when it loads (free: see there)."""
+    _check_not_empty(config)
+    for path in _atomic_files(config):
+        check_atomic_file(path)
+
+
+# Files already checked, by (path, size, mtime): a run checks before it starts and again when it loads.
+_CHECKED: set[tuple[str, int, int]] = set()
+
+
+def _atomic_files(config) -> list[str]:
+    """The split and catalogue files RecBole will read (those that exist)."""
+    name, folder = config["dataset"], config["data_path"]
+    files = [f"{name}.{split}.inter" for split in config["benchmark_filename"] or ()] + [f"{name}.item"]
+    return [p for p in (os.path.join(folder, f) for f in files) if os.path.isfile(p)]
+
+
+def check_atomic_file(path: str | os.PathLike) -> None:
+    """Refuse, with ``file:line`` and the fix, an atomic file RecBole would misread.
+
+    RecBole reads atomic files with ``pd.read_csv(sep="\\t", engine="python")``: CSV quoting, tab-separated.
+    A tab inside a field silently shifts the rest of that line (a title was cut at the tab), and a field
+    that starts with ``"`` but is not a whole quoted field raised a pandas ``ParserError`` naming no file.
+    This reads the file with the same rules (Python's ``csv``, which pandas' python engine uses) and
+    checks that every record has as many fields as the header. A field holding a quote, a tab or a
+    newline is read correctly when it is written as a quoted field with inner quotes doubled, which is
+    how ``python -m recbole_llm.data prepare`` writes titles.
+    """
+    stat = os.stat(path)
+    version = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if version in _CHECKED:
+        return
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quotechar='"', doublequote=True, strict=True)
+        header = next(reader, [])
+        start = reader.line_num + 1
+        try:
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise UserError(_field_count_message(path, start, len(row), header))
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise UserError(
+                f"{path}:{start}: {err}. A field that starts with a double quote must be quoted as a "
+                'whole, inner quotes doubled ("""Weird Al"" Yankovic" for "Weird Al" Yankovic), as '
+                "`python -m recbole_llm.data prepare` writes it."
+            ) from None
+    _CHECKED.add(version)
+
+
+def _field_count_message(path: str | os.PathLike, line: int, fields: int, header: list[str]) -> str:
+    """Why a record has the wrong number of fields, and the fix."""
+    names = ", ".join(h.split(":")[0] for h in header)
+    if fields > len(header):
+        why = "a field holds a tab (the rest of the line would shift into the next field)"
+        fix = "replace the tab with a space, or quote the whole field"
+    else:
+        why = "a field is missing, or a field on the line before holds a line break"
+        fix = "give every field, and replace line breaks inside a field with a space (or quote the field)"
+    return (
+        f"{path}:{line}: {fields} fields where the header has {len(header)} ({names}): {why}. "
+        f"Fields are tab-separated: {fix}."
+    )

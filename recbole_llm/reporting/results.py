@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from recbole_llm.utils.errors import UserError
+
 
 def find_result_files(paths: Iterable[str | Path]) -> list[Path]:
     """Results JSONs given directly or found (non-recursively) in the given folders."""
@@ -28,10 +30,19 @@ def find_result_files(paths: Iterable[str | Path]) -> list[Path]:
 def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Parse results JSONs; files that are not run results (no ``test_result``) are skipped with a note."""
     results = []
+    paths = list(paths)
+    named = {Path(p).resolve() for p in paths if Path(p).is_file()}
     for path in find_result_files(paths):
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
+            if (
+                path.resolve() in named
+            ):  # a file named on the command line is refused, one in a folder skipped
+                raise UserError(
+                    f"{path} is not valid JSON ({err.msg} at line {err.lineno}): the file is truncated or "
+                    "was edited by hand; restore it or rerun the command that wrote it."
+                ) from None
             print(f"[compare] skipping {path}: not valid JSON ({err})", file=sys.stderr)
             continue
         if not isinstance(data, dict) or not isinstance(data.get("test_result"), dict):
