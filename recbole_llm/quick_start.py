@@ -170,7 +170,7 @@ def _where_run_is_now(
 
 def _check_data(config: Config) -> None:
     """Refuse a run whose prepared data is missing instead of preparing a new copy where it is read."""
-    if is_prepared(config["dataset"], config["data_root"]):
+    if is_prepared(config["dataset"], Path(config["data_path"]).parent):  # the split protocol's own copy
         return
     raise FileNotFoundError(
         f"The prepared dataset {config['dataset']} of this run is not at {config['data_path']}: pass "

@@ -95,3 +95,22 @@ def test_both_keys_are_documented_with_their_defaults():
     assert overall["split_protocol"] == "global_time" and overall["exclude_history"] is False
     assert "| `split_protocol` | `global_time` |" in README
     assert "| `exclude_history` | `False` |" in README
+
+
+def test_a_leave_one_out_run_is_read_from_its_own_copy(tmp_path, monkeypatch):
+    """Reading a finished leave-one-out run checks <data>/leave_one_out/<name>/, the copy it trained on."""
+    from recbole_llm.quick_start import _check_data
+
+    monkeypatch.setattr(sys, "argv", ["run"])
+    write_prepared(tmp_path, split="leave_one_out")  # only the leave-one-out copy exists
+    config = Config(
+        model="SASRec",
+        dataset="tiny",
+        config_dict={"data_path": str(tmp_path), "split_protocol": "leave_one_out", "state": "ERROR"},
+    )
+    _check_data(config)  # was: "The prepared dataset tiny of this run is not at ..."
+    global_time = Config(
+        model="SASRec", dataset="tiny", config_dict={"data_path": str(tmp_path), "state": "ERROR"}
+    )
+    with pytest.raises(FileNotFoundError, match="The prepared dataset tiny of this run is not at"):
+        _check_data(global_time)
