@@ -197,13 +197,13 @@ def run_recbole_llm(
     if resume:
         model, dataset, config_dict = resume_settings(resume, model, dataset, config_dict)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
-    _check_files_early(config)
+    check_files_early(config)
     _start_processes(config)
     logger = _start_logging(config)
     return _train_and_test(config, logger, saved=saved, verbose=True)
 
 
-def _check_files_early(config: Config) -> None:
+def check_files_early(config: Config) -> None:
     """A prepared dataset's files are checked before ``log/`` and ``saved/`` exist: a refused hand-written
     file leaves nothing behind (a dataset still to prepare is checked when it is loaded)."""
     if is_prepared(config["dataset"], Path(config["data_path"]).parent):

@@ -279,6 +279,7 @@ def tune(
     config_files = list(config_files) if config_files else None
     fixed: dict[str, Any] = {"model": model, "dataset": dataset}
     probe = Config(model=model, dataset=dataset, config_file_list=config_files)
+    quick_start.check_files_early(probe)  # a refused hand-written file leaves no log/ or trial behind
     unknown = [n for n in params if n not in probe.final_config_dict]
     if unknown:
         print(

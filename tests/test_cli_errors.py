@@ -29,6 +29,7 @@ COMMANDS = {
     "run": ["run_recbole_llm.py", "--dataset=tiny", "--data_path=data"],
     "run_recbole_llm.py": ["run_recbole_llm.py"],
     "run_hyper.py": ["run_hyper.py", "--dataset=tiny", "--data_path=data"],
+    "run_hyper.py, own data": ["run_hyper.py", "--dataset=tiny"],
     "recommend": ["-m", "recbole_llm.recommend"],
     "analysis": ["-m", "recbole_llm.analysis"],
     "data": ["-m", "recbole_llm.data"],
@@ -173,6 +174,17 @@ CASES = [
         "own/tiny/tiny.item:2: 3 fields where the header has 2",
         "a hand-written atomic file with a tab inside a field: replace it with a space, or quote the field",
         "run_recbole_llm.py",
+    ),
+    Case(
+        ("--model=SASRec", "--data_path=own", "--params_file=p.hyper"),
+        {
+            "p.hyper": "hidden_size choice [8, 16]\n",
+            "own/tiny": None,
+            "own/tiny/tiny.item": "item_id:token\ttitle:token\ni1\tStar\tWars (1977)\n",
+        },
+        "own/tiny/tiny.item:2: 3 fields where the header has 2",
+        "the same check before the first trial",
+        "run_hyper.py, own data",
     ),
     Case(
         ("prepare", "steam", "--reviews", "nope.json.gz", "--meta", "nope2.json.gz", "--data-path", "d"),
