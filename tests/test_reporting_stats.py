@@ -69,8 +69,19 @@ def test_t_and_wilson_intervals_by_hand():
     assert stats.metric_interval("precision@2", [0.5] + [0] * 9) == pytest.approx(
         (0.0089375, 0.202075), abs=1e-5
     )
-    assert stats.metric_interval("ndcg@10", [1, 2, 3, 4]) == pytest.approx((0.445740, 4.554260), abs=1e-5)
+    # NDCG of [0.2, 0.3, 0.4, 0.5]: t interval 0.35 ± 0.205426; near 0 it is clipped at 0 (values are >= 0)
+    assert stats.metric_interval("ndcg@10", [0.2, 0.3, 0.4, 0.5]) == pytest.approx(
+        (0.144574, 0.555426), abs=1e-5
+    )
+    assert stats.metric_interval("ndcg@10", [0.0, 0.0, 0.0, 0.4]) == pytest.approx(
+        (0.0, 0.1 + 3.182446 * 0.2 / 2), abs=1e-5
+    )  # s = 0.2
     assert all(math.isnan(v) for v in stats.t_interval([0.3]))
+    # hits averaged over two seeds are not 0/1: the t interval of [.5, .5, 0, .5, .5, 1] (mean 0.5, s^2 = 0.1)
+    half = 2.570582 * math.sqrt(0.1 / 6)
+    assert stats.metric_interval("hit@10", [0.5, 0.5, 0, 0.5, 0.5, 1]) == pytest.approx(
+        (0.5 - half, 0.5 + half), abs=1e-5
+    )
 
 
 def test_paired_bootstrap_interval_by_exact_resampling_distribution():

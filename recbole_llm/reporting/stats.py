@@ -101,14 +101,19 @@ def wilson_interval(successes: float, n: int, level: float = 1 - ALPHA) -> tuple
 
 
 def metric_interval(metric: str, values: Sequence[float], level: float = 1 - ALPHA) -> tuple[float, float]:
-    """95 % interval of a row's metric from its per-sample values: Wilson for 0/1 metrics, else t."""
+    """95 % interval of a row's metric from its per-sample values: Wilson for 0/1 metrics, else t.
+
+    Values averaged over seeds (0.5 = a hit in one of two seeds) are not 0/1: they get the t interval,
+    clipped to [0, 1] (every per-sample value lies there, so its mean does too).
+    """
     x = np.asarray(values, dtype=np.float64)
     name, _, k_text = metric.lower().partition("@")
-    if name in BINARY_METRICS:
-        scale = 1.0 / int(k_text) if name == "precision" else 1.0
-        lo, hi = wilson_interval(float((x / scale).round().sum()), len(x), level)
+    scale = 1.0 / int(k_text) if name == "precision" else 1.0
+    if name in BINARY_METRICS and np.isin(x / scale, (0.0, 1.0)).all():
+        lo, hi = wilson_interval(float((x / scale).sum()), len(x), level)
         return (lo * scale, hi * scale)
-    return t_interval(x, level)
+    lo, hi = t_interval(x, level)
+    return (max(lo, 0.0), min(hi, 1.0)) if not math.isnan(lo) else (lo, hi)
 
 
 def _resample_chunks(n: int, total: int, seed: int):
