@@ -137,3 +137,13 @@ def test_mean_std_of_seeds_by_hand():
     assert stats.mean_std([0.1, 0.2, 0.3]) == pytest.approx((0.2, 0.1, 3))
     mean, std, n = stats.mean_std([0.25])
     assert (mean, n) == (0.25, 1) and math.isnan(std)
+
+
+def test_bootstrap_skipping_zero_differences_matches_plain_resampling():
+    # Plain bootstrap (n uniform draws per resample) of 300 mostly-equal pairs vs the binomial shortcut.
+    rng = np.random.default_rng(7)
+    a, b = (rng.random(300) < 0.15).astype(float), (rng.random(300) < 0.10).astype(float)
+    d = a - b
+    plain = d[rng.integers(0, 300, size=(20_000, 300))].mean(axis=1)
+    expected = np.quantile(plain, [0.025, 0.975])
+    assert stats.paired_bootstrap_interval(a, b, n_resamples=20_000) == pytest.approx(expected, abs=0.006)

@@ -12,6 +12,7 @@ Choices, and why:
   MRR). Both are closed-form, so equal for everyone and hand-checkable (no resampling noise).
 * **Difference of two rows**: percentile bootstrap of the mean of the paired differences (10,000
   resamples of the test samples, fixed seed), assuming nothing about the differences' distribution.
+  Percentile, not BCa: with thousands of samples the two agree, and percentile is checkable by hand.
 * **Paired test**: two-sided sign-flip (paired randomisation) test of the mean difference: under "no
   difference" each sample's difference is as likely to have either sign. Exact enumeration when at most
   16 samples differ (samples with equal values carry no information), else 10,000 random sign flips
@@ -33,7 +34,7 @@ ALPHA = 0.05
 N_RESAMPLES = 10_000
 SEED = 0
 EXACT_MAX = 16  # at most 2**16 sign patterns are enumerated exactly
-_CHUNK_CELLS = 4_000_000  # resample matrices are drawn in chunks of about this many cells (memory bound)
+_CHUNK_CELLS = 4_000_000  # resamples are drawn in chunks of about this many cells (bounds the memory)
 
 # Per-sample metrics with one target: hit/recall/precision are 0/1 (or 1/K), ndcg/mrr graded.
 SAMPLE_METRICS = ("hit", "recall", "precision", "ndcg", "mrr")
@@ -116,14 +117,6 @@ def metric_interval(metric: str, values: Sequence[float], level: float = 1 - ALP
     return (max(lo, 0.0), min(hi, 1.0)) if not math.isnan(lo) else (lo, hi)
 
 
-def _resample_chunks(n: int, total: int, seed: int):
-    """Row counts of the resample matrices, so each chunk holds about ``_CHUNK_CELLS`` cells."""
-    rng = np.random.default_rng(seed)
-    step = max(1, _CHUNK_CELLS // max(1, n))
-    for start in range(0, total, step):
-        yield rng, min(step, total - start)
-
-
 def paired_bootstrap_interval(
     a: Sequence[float],
     b: Sequence[float],
@@ -131,14 +124,30 @@ def paired_bootstrap_interval(
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(a - b): test samples resampled with replacement, pairs kept."""
+    """Percentile bootstrap interval of mean(a - b): test samples resampled with replacement, pairs kept.
+
+    Drawn without touching the zero differences (most samples, when two runs mostly agree): of a
+    resample's n draws, K ~ Binomial(n, m / n) land on the m non-zero ones, uniformly; the same
+    distribution as n uniform draws, at a cost in m instead of n (the full 9,834-sample split in
+    a fraction of a second).
+    """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     n = len(d)
     if n == 0:
         return (math.nan, math.nan)
+    nonzero = d[d != 0]
+    m = len(nonzero)
+    if m == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    step = max(1, _CHUNK_CELLS // m)
     means = []
-    for rng, rows in _resample_chunks(n, n_resamples, seed):
-        means.append(d[rng.integers(0, n, size=(rows, n))].mean(axis=1))
+    for start in range(0, n_resamples, step):
+        rows = min(step, n_resamples - start)
+        counts = rng.binomial(n, m / n, size=rows)
+        picked = nonzero[rng.integers(0, m, size=int(counts.sum()))]
+        sums = np.bincount(np.repeat(np.arange(rows), counts), weights=picked, minlength=rows)
+        means.append(sums / n)
     lo, hi = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
     return (float(lo), float(hi))
 
@@ -166,7 +175,10 @@ def sign_flip_p_value(
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
         return float(np.mean(np.abs(signs @ d) >= observed - tol))
     hits = 0
-    for rng, rows in _resample_chunks(len(d), n_resamples, seed):
+    rng = np.random.default_rng(seed)
+    step = max(1, _CHUNK_CELLS // len(d))
+    for start in range(0, n_resamples, step):
+        rows = min(step, n_resamples - start)
         signs = rng.integers(0, 2, size=(rows, len(d)), dtype=np.int8) * 2 - 1
         hits += int(np.count_nonzero(np.abs(signs @ d) >= observed - tol))
     return (1 + hits) / (1 + n_resamples)
