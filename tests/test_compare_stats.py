@@ -183,3 +183,22 @@ def test_compare_command_with_holm_writes_marks_and_p_values(folder, tmp_path):
     csv = pd.read_csv(out / "comparison.csv").set_index("label")
     assert csv.at["LLMGenRec-sft-d3", "hit@2_p_holm"] == pytest.approx(3 / 32)
     assert pd.isna(csv.at["LLMGenRec-sft-d3", "hit@2_sig"])  # empty cell: not significant after Holm
+
+
+def test_png_draws_the_intervals_and_marks(folder, monkeypatch):
+    from recbole_llm.reporting import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or Path(path))
+    table = cmp.comparison_table(load_results([folder]), base="SASRec", metrics=METRICS)
+    plots.plot_comparison(table, list(METRICS), "unused.png")
+    ax = figures[0].axes[0]
+    labels = [text.get_text() for text in ax.texts]
+    assert "1*" in labels  # LLMGenRec-sft-d3's HR@2, significant against the base
+    caps = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    sft = table.index[table["label"] == "LLMGenRec-sft-d3"][0]
+    # errorbar of sft's HR@2 bar: from its Wilson lower end up to 1
+    segments = caps[sft].lines[2][0].get_segments()
+    assert segments[0][:, 1] == pytest.approx([1 - WILSON_0_OF_6, 1.0], abs=1e-6)
+    assert "95 % interval" in ax.get_title()
+    plots.pyplot().close(figures[0])
