@@ -156,6 +156,11 @@ def test_a_rankings_file_of_another_run_gets_no_interval(tmp_path):
     notes: list[str] = []
     table = cmp.comparison_table(load_results([tmp_path]), metrics=METRICS, notes=notes)
     assert "hit@2_lo" not in table and len(notes) == 1 and "does not belong" in notes[0]
+    data["rankings"] = "rankings/nowhere.jsonl"  # recorded but missing: a note, no interval
+    (tmp_path / "base.json").write_text(json.dumps(data))
+    notes.clear()
+    table = cmp.comparison_table(load_results([tmp_path]), metrics=METRICS, notes=notes)
+    assert "hit@2_lo" not in table and len(notes) == 1 and "is missing" in notes[0]
 
 
 def test_compare_command_with_holm_writes_marks_and_p_values(folder, tmp_path):

@@ -60,6 +60,10 @@ def pick_rows(results: Sequence[dict[str, Any]], keep_all: bool = False) -> list
     return rows
 
 
+def _fmt_seed(seed: Any) -> str:
+    return "" if seed is None else str(seed)
+
+
 def _seed_of(result: dict[str, Any]) -> str:
     return json.dumps(result_value(result, SEED_KEY), sort_keys=True, default=str)
 
@@ -89,15 +93,19 @@ def pick_groups(
 
 
 def rankings_file(result: dict[str, Any]) -> Path | None:
-    """The run's ``rankings.jsonl``, resolved like its checkpoint (relative to the results JSON first)."""
-    if not result.get("rankings"):
+    """The run's ``rankings.jsonl``, resolved like its checkpoint; ``None`` when none is recorded or found.
+
+    Tried in order: ``paths.rankings.relative`` from the results JSON's folder, a relative ``rankings``
+    from that folder too, ``paths.rankings.absolute``, then ``rankings`` as written.
+    """
+    raw = result.get("rankings")
+    if not raw:
         return None
     anchor = Path(result["_path"]).parent if result.get("_path") else None
-    found, _ = resolve_path(result, "rankings", anchor)
-    raw = result["rankings"]
-    if found is None and isinstance(raw, str) and anchor is not None and (anchor / raw).exists():
-        found = anchor / raw
-    return found
+    _, tried = resolve_path(result, "rankings", anchor)
+    if isinstance(raw, str) and not Path(raw).is_absolute() and anchor is not None:
+        tried.insert(1 if (result.get("paths") or {}).get("rankings") else 0, anchor / raw)
+    return next((p for p in tried if p.is_file()), None)
 
 
 def read_rankings(path: str | Path) -> tuple[list[tuple[str, str]], list[list[str]]]:
@@ -230,7 +238,7 @@ def comparison_table(
         row.update(
             {
                 "n_seeds": len(runs),
-                "seeds": ",".join(str(result_value(run, SEED_KEY)) for run in runs),
+                "seeds": ",".join(_fmt_seed(result_value(run, SEED_KEY)) for run in runs),
                 "n_test_samples": r.get("n_test_samples"),
                 "test_fingerprint": r.get("test_fingerprint"),
                 "train_seconds": r.get("train_seconds"),
