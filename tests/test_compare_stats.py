@@ -161,6 +161,10 @@ def test_a_rankings_file_of_another_run_gets_no_interval(tmp_path):
     notes.clear()
     table = cmp.comparison_table(load_results([tmp_path]), metrics=METRICS, notes=notes)
     assert "hit@2_lo" not in table and len(notes) == 1 and "is missing" in notes[0]
+    (tmp_path / "rankings" / "nowhere.jsonl").write_text('{"user": "u0", "tar')  # truncated
+    notes.clear()
+    table = cmp.comparison_table(load_results([tmp_path]), metrics=METRICS, notes=notes)
+    assert "hit@2_lo" not in table and len(notes) == 1 and "not a rankings file" in notes[0]
 
 
 def test_compare_command_with_holm_writes_marks_and_p_values(folder, tmp_path):

@@ -137,7 +137,11 @@ def group_samples(
                     f"{run.get('_path')}: its rankings file {run['rankings']!r} is missing: no interval."
                 )
             return None
-        run_keys, items = read_rankings(path)
+        try:
+            run_keys, items = read_rankings(path)
+        except (OSError, ValueError, KeyError, TypeError) as err:  # truncated or hand-edited file
+            notes.append(f"{path}: not a rankings file ({type(err).__name__}: {err}): no interval.")
+            return None
         if keys is not None and run_keys != keys:
             notes.append(f"{path}: other samples than the other seeds' rankings: no interval.")
             return None
