@@ -211,3 +211,26 @@ def test_png_draws_the_intervals_and_marks(folder, monkeypatch):
     assert segments[0][:, 1] == pytest.approx([1 - WILSON_0_OF_6, 1.0], abs=1e-6)
     assert "95 % interval" in ax.get_title()
     plots.pyplot().close(figures[0])
+
+
+def test_seed_groups_split_on_other_keys_and_keep_the_newest_test_samples(tmp_path):
+    _run(tmp_path, "s1", "SASRec", None, seed=1, exclude_history=True)
+    _run(tmp_path, "s2", "SASRec", None, seed=2, exclude_history=True)
+    _run(tmp_path, "s3", "SASRec", None, seed=1, exclude_history=False)
+    _run(tmp_path, "old1", "GRU4Rec", None, seed=1, created="2026-01-01")
+    _run(tmp_path, "new1", "GRU4Rec", None, seed=1, created="2026-01-03")  # same seed, newer: replaces old1
+    _run(tmp_path, "new2", "GRU4Rec", None, seed=2, created="2026-01-02")
+    _run(tmp_path, "fp2", "GRU4Rec", None, seed=3, created="2026-01-01", fingerprint="fp2")  # other samples
+    groups = {
+        label: [Path(r["_path"]).stem for r in runs]
+        for label, runs in cmp.pick_groups(load_results([tmp_path]))
+    }
+    assert groups == {
+        "SASRec (exclude_history=True)": ["s1", "s2"],
+        "SASRec (exclude_history=False)": ["s3"],
+        "GRU4Rec": ["new1", "new2"],
+    }
+    table = cmp.comparison_table(load_results([tmp_path]), metrics=METRICS)
+    assert table.set_index("label").at["GRU4Rec", "n_seeds"] == 2
+    every = cmp.pick_groups(load_results([tmp_path]), keep_all=True)  # --all: one row per run, no grouping
+    assert len(every) == 7 and all(len(runs) == 1 for _, runs in every)
