@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="keep every result, not only the newest per label")
     p.add_argument("--sort", default=None, help="sort rows by this metric, best first")
     p.add_argument("--output", default=None, help="output folder (default: the results folder)")
+    p.add_argument(
+        "--holm", action="store_true", help="Holm-correct the paired tests against --base over the rows"
+    )
 
     p = sub.add_parser("popularity", help="popularity-group shares of the top-K lists (CFT Fig. 1/4)")
     _run_options(p, "default: max(topk)")
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = command(args.command)
     if args.command == "compare":
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        files = run(args.results, args.output, args.base, metrics, args.all, args.sort)
+        files = run(args.results, args.output, args.base, metrics, args.all, args.sort, holm=args.holm)
     elif args.command == "popularity":
         files = run(
             args.runs, args.output, args.k, args.groups, args.grouping, args.max_users, _overrides(args.set)

@@ -9,7 +9,7 @@ fields and registered scorers' keys), so a new objective or scorer labels its ru
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from recbole_llm.model.decoding import decoding_keys
@@ -88,15 +88,18 @@ def _fmt_value(value: Any) -> str:
     return str(value)
 
 
-def distinguishing_keys(group: Sequence[dict[str, Any]]) -> list[str]:
-    """Hyper-parameters whose values differ among runs that share one run name (paper knobs first)."""
+def distinguishing_keys(group: Sequence[dict[str, Any]], ignore: Collection[str] = ()) -> list[str]:
+    """Hyper-parameters whose values differ among runs that share one run name (paper knobs first).
+
+    ``ignore`` leaves more keys out (``compare`` passes ``seed`` to group repeated seeds into one row).
+    """
     if len(group) < 2:
         return []
     ordered = label_keys()
     candidates = set(ordered)
     for result in group:
         candidates.update((result.get("overrides") or {}).keys())
-    candidates -= IGNORED_KEYS
+    candidates -= IGNORED_KEYS | set(ignore)
     varying = [
         key
         for key in candidates
@@ -106,14 +109,14 @@ def distinguishing_keys(group: Sequence[dict[str, Any]]) -> list[str]:
     return sorted(varying, key=lambda k: (order.get(k, len(order)), k))
 
 
-def labels_for(results: Sequence[dict[str, Any]]) -> list[str]:
-    """One label per result: run name plus the hyper-parameters that tell same-named runs apart."""
+def labels_for(results: Sequence[dict[str, Any]], ignore: Collection[str] = ()) -> list[str]:
+    """One label per result: run name plus the hyper-parameters (but ``ignore``) that tell same-named runs apart."""
     groups: dict[tuple[str, str], list[int]] = {}
     for i, r in enumerate(results):
         groups.setdefault((str(r.get("dataset")), result_run_name(r)), []).append(i)
     labels = [""] * len(results)
     for (_, run), members in groups.items():
-        keys = distinguishing_keys([results[i] for i in members])
+        keys = distinguishing_keys([results[i] for i in members], ignore)
         for i in members:
             suffix = ", ".join(f"{k}={_fmt_value(result_value(results[i], k))}" for k in keys)
             labels[i] = f"{run} ({suffix})" if suffix else run

@@ -42,10 +42,13 @@ def grouped_bars(
     percent: bool = False,
     annotate: bool = True,
     colors: dict[str, str] | None = None,
+    intervals: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    marks: dict[str, Sequence[str]] | None = None,
 ) -> None:
     """Bars of several series side by side for each category (NaN bars are left out).
 
-    ``colors`` fixes a series' colour, so one condition looks the same in every panel.
+    ``colors`` fixes a series' colour, so one condition looks the same in every panel; ``intervals``
+    (``(lows, highs)`` per series) draws error bars, ``marks`` (``*`` per bar) is appended to its label.
     """
     n = max(1, len(series))
     width = 0.8 / n
@@ -54,12 +57,36 @@ def grouped_bars(
         missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
         heights = [0.0 if m else float(v) for v, m in zip(values, missing, strict=True)]
         color = (colors or {}).get(name)
-        bars = ax.bar(xs, [h * (100 if percent else 1) for h in heights], width, label=name, color=color)
+        scale = 100 if percent else 1
+        yerr = None
+        if intervals and name in intervals:
+            lows, highs = intervals[name]
+            shown = [not m for m in missing]  # a bar drawn at 0 for a missing value gets no error bar
+            yerr = [
+                [
+                    max(0.0, h - lo) * scale if ok and not math.isnan(lo) else 0.0
+                    for h, lo, ok in zip(heights, lows, shown, strict=True)
+                ],
+                [
+                    max(0.0, hi - h) * scale if ok and not math.isnan(hi) else 0.0
+                    for h, hi, ok in zip(heights, highs, shown, strict=True)
+                ],
+            ]
+        bars = ax.bar(
+            xs,
+            [h * scale for h in heights],
+            width,
+            label=name,
+            color=color,
+            yerr=yerr,
+            capsize=2 if yerr else 0,
+        )
         if annotate and len(categories) * n <= 40:
             fmt = "{:.1f}" if percent else "{:.3g}"
+            suffixes = (marks or {}).get(name) or [""] * len(heights)
             labels = [
-                "n/a" if m else fmt.format(h * (100 if percent else 1))
-                for h, m in zip(heights, missing, strict=True)
+                "n/a" if m else fmt.format(h * scale) + suffix
+                for h, m, suffix in zip(heights, missing, suffixes, strict=True)
             ]
             ax.bar_label(bars, labels=labels, fontsize=7)
     ax.set_xticks(range(len(categories)))
@@ -81,12 +108,35 @@ def plot_comparison(table: pd.DataFrame, metrics: Sequence[str], path: str | Pat
     for ax, dataset in zip(axes, datasets, strict=True):
         sub = table[table["dataset"] == dataset]
         several_sets = "test_set" in sub and len({c for c in sub["test_set"] if c}) > 1
-        series = {
-            row["label"] + (f" [test set {row['test_set']}]" if several_sets else ""): [
-                row[m] for m in metrics
-            ]
+        names = [
+            row["label"] + (f" [test set {row['test_set']}]" if several_sets else "")
             for _, row in sub.iterrows()
+        ]
+        rows = [row for _, row in sub.iterrows()]
+        series = {name: [row[m] for m in metrics] for name, row in zip(names, rows, strict=True)}
+        intervals = {
+            name: (
+                [row.get(f"{m}_lo", math.nan) for m in metrics],
+                [row.get(f"{m}_hi", math.nan) for m in metrics],
+            )
+            for name, row in zip(names, rows, strict=True)
         }
-        grouped_bars(ax, [metric_title(m) for m in metrics], series, "test metric", annotate=len(series) <= 6)
-        ax.set_title(f"{dataset}: test metrics")
+        marks = {
+            name: [row.get(f"{m}_sig", "") or "" for m in metrics]
+            for name, row in zip(names, rows, strict=True)
+        }
+        grouped_bars(
+            ax,
+            [metric_title(m) for m in metrics],
+            series,
+            "test metric",
+            annotate=len(series) <= 6,
+            intervals=intervals,
+            marks=marks,
+        )
+        title = f"{dataset}: test metrics"
+        if any(f"{m}_lo" in sub for m in metrics):
+            tested = any(f"{m}_p" in sub and sub[f"{m}_p"].notna().any() for m in metrics)
+            title += " (bars: 95 % interval" + ("; *: p < 0.05 vs base, paired)" if tested else ")")
+        ax.set_title(title)
     return save_figure(fig, path)
