@@ -99,10 +99,22 @@ def test_sasrec_rankings_recompute_its_results_and_the_command_reads_them(worksp
     assert set(printed["test_result"]) == {"hit@3", "ndcg@3"}
     hits = sum(r["target"] in r["items"][:3] for r in rows) / len(rows)
     assert printed["test_result"]["hit@3"] == round(hits, 4)
+    with pytest.raises(ValueError, match="holds top-10 lists"):
+        metrics_of(result["results_file"], k=[5, 20])  # longer than what was saved: refused, not padded
     # A bare rankings file outside a run folder: accuracy from the file alone, no catalogue.
     bare = metrics_of(result["rankings"])
     assert bare["test_result"] == json.loads(Path(result["results_file"]).read_text())["test_result"]
     assert "beyond_accuracy" not in bare
+
+
+@pytest.mark.parametrize("model", ["GRU4Rec", "Caser", "SASRecLLM", "GRU4RecLLM"])
+def test_every_baseline_writes_rankings_that_recompute_its_results(workspace, monkeypatch, model):
+    llm = {"llm_path": str(workspace[1])} if model.endswith("LLM") else {}
+    result = _run(workspace, monkeypatch, model, **llm)
+    _check_run(result)
+    again = run_recbole_llm(config_dict={"evaluate": result["results_file"]})  # --evaluate of a .pth
+    assert Path(again["rankings"]).name.startswith(Path(result["checkpoint"]).stem + ".evaluate-")
+    assert read_rankings(again["rankings"]) == read_rankings(result["rankings"])
 
 
 def test_beyond_accuracy_by_hand_never_counts_the_padding():

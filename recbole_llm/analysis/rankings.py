@@ -106,6 +106,12 @@ def metrics_of(path: str | Path, k: Sequence[int] | None = None) -> dict[str, An
     rankings, info_file, info = locate(path)
     settings = settings_of(info, k)
     rows = read_rankings(rankings)
+    saved_k = max((info.get("config") or {}).get("topk") or [max((len(r["items"]) for r in rows), default=0)])
+    if max(settings["topk"]) > saved_k:
+        raise ValueError(
+            f"--k={max(settings['topk'])} but {rankings} holds top-{saved_k} lists: give K <= {saved_k} "
+            f"(or --evaluate the run with --topk=[..., {max(settings['topk'])}] to save longer lists)."
+        )
     ranked, targets, tokens = rankings_tensors(rows, max(settings["topk"]))
     decimals = int(settings["metric_decimal_place"])
     out: dict[str, Any] = {
