@@ -145,3 +145,19 @@ def test_a_damaged_rankings_file_names_its_line(tmp_path, bad):
     path.write_text('{"user": "u0", "target": "i1", "items": ["i1"], "scores": [0.0]}\n' + bad + "\n")
     with pytest.raises(ValueError, match="line 2"):
         read_rankings(path)
+
+
+def test_ranked_items_get_their_titles_beam_score_and_filled_items_none():
+    """Leaves (titles) 0: items 3, 6 (a shared title), 1: item 1, 2: item 2. Beams found leaves 1 then 0;
+    item 5 was filled in (popularity), -1 pads."""
+    from types import SimpleNamespace
+
+    from recbole_llm.model.decoding.items import ranked_item_scores
+
+    trie = SimpleNamespace(
+        leaf_item_ptr=torch.tensor([0, 2, 3, 4]), leaf_items=torch.tensor([3, 6, 1, 2]), num_leaves=3
+    )
+    leaves, scores = torch.tensor([[1, 0, -1]]), torch.tensor([[-0.5, -1.5, -math.inf]])
+    got = ranked_item_scores(trie, leaves, scores, torch.tensor([[1, 3, 6, 5, -1]]))
+    assert got[0, :3].tolist() == [-0.5, -1.5, -1.5]
+    assert torch.isnan(got[0, 3:]).all()
