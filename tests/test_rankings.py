@@ -101,6 +101,10 @@ def test_sasrec_rankings_recompute_its_results_and_the_command_reads_them(worksp
     assert printed["test_result"]["hit@3"] == round(hits, 4)
     with pytest.raises(ValueError, match="holds top-10 lists"):
         metrics_of(result["results_file"], k=[5, 20])  # longer than what was saved: refused, not padded
+    older = Path(result["results_file"]).with_name("older.json")
+    older.write_text(json.dumps({"model": "SASRec", "dataset": "tiny"}))
+    with pytest.raises(FileNotFoundError, match="was never written .* --evaluate="):
+        metrics_of(older)
     # A bare rankings file outside a run folder: accuracy from the file alone, no catalogue.
     bare = metrics_of(result["rankings"])
     assert bare["test_result"] == json.loads(Path(result["results_file"]).read_text())["test_result"]

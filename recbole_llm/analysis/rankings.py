@@ -41,6 +41,11 @@ DEFAULT_SETTINGS = {
 def locate(path: str | Path) -> tuple[Path, Path | None, dict[str, Any]]:
     """``(rankings file, run info file or None, run info)`` of a results JSON, a run folder or a rankings file."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: pass a results JSON (results/<dataset>/*.json), an LLM run folder or a "
+            "rankings.jsonl file."
+        )
     if path.is_dir():
         info_file = find_in_run(path)
         if info_file is None:
@@ -54,11 +59,9 @@ def locate(path: str | Path) -> tuple[Path, Path | None, dict[str, Any]]:
     info = read_json(path)
     found, tried = resolve_path(info, "rankings", path.parent)
     if found is None:
-        where = (
-            " or ".join(map(str, tried)) if tried else "nowhere (it was written before rankings were saved)"
-        )
+        where = f"is not at {' or '.join(map(str, tried))}" if tried else "was never written (an older run)"
         raise FileNotFoundError(
-            f"{path} records its rankings file at {where}: rerun its test with --evaluate={path} to write one."
+            f"The rankings file of {path} {where}: rerun its test with --evaluate={path} to write one."
         )
     return found, path, info
 
