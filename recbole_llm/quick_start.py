@@ -36,6 +36,7 @@ from recbole_llm.utils.distributed import (
 )
 from recbole_llm.utils.errors import UserError, UserFileError
 from recbole_llm.utils.io import read_json
+from recbole_llm.utils.rankings import RANKINGS_FILE, write_rankings
 from recbole_llm.utils.results import jsonable, save_results, split_fingerprint
 from recbole_llm.utils.runs import find_in_run, find_run, resolve_path
 
@@ -259,9 +260,34 @@ def _train_and_test(config: Config, logger: logging.Logger, saved: bool, verbose
         "total_seconds": round(time.time() - start, 2),
         **_test_identity(test_data),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
+        "rankings": _save_rankings(trainer, test_data, _rankings_path(trainer)),
         **_hyper_parameters(model_obj),
     }
     return _save_and_report(config, logger, result, report=verbose)
+
+
+def _rankings_path(trainer, evaluated: Path | None = None) -> Path:
+    """Where a run's rankings go: ``<run folder>/rankings.jsonl`` for LLMGenRec, beside the checkpoint
+    (``saved/<Model>-<time>.rankings.jsonl``) for RecBole's models. ``--evaluate`` of the checkpoint
+    ``evaluated`` writes ``rankings-evaluate-<time>.jsonl`` in the run folder (LLMGenRec) or
+    ``<Model>-<time>.evaluate-<time>.rankings.jsonl`` beside the ``.pth``: earlier rankings are kept."""
+    if evaluated is None:
+        if hasattr(trainer, "run_dir"):
+            return Path(trainer.run_dir) / RANKINGS_FILE
+        return Path(trainer.saved_model_file).with_suffix(".rankings.jsonl")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    if evaluated.is_dir():  # an LLM run's best/ folder
+        return evaluated.parent / f"rankings-evaluate-{stamp}.jsonl"
+    return evaluated.with_suffix(f".evaluate-{stamp}.rankings.jsonl")
+
+
+def _save_rankings(trainer, test_data, path: Path) -> str | None:
+    """Write the test rankings the trainer just scored (rank 0 only, once); every rank gets the path."""
+    rankings = getattr(trainer, "last_rankings", None)
+    written = None
+    if rankings is not None and is_main_process():
+        written = str(write_rankings(path, test_data.dataset, rankings))
+    return broadcast_from_main(written)
 
 
 def _test_identity(test_data) -> dict[str, Any]:
@@ -381,6 +407,19 @@ def load_trained(path: str | Path, config_dict: dict[str, Any] | None = None) ->
     return Trained(config, model, train_data, valid_data, test_data)
 
 
+def load_run_dataset(path: str | Path) -> tuple[Config, SharedSplitDataset]:
+    """The config and prepared dataset of a finished run (results JSON or run folder), without its model
+    or checkpoint: what the beyond-accuracy metrics of its saved rankings need (catalogue, training counts)."""
+    info, info_file = find_run(path)
+    path = Path(path)
+    anchor = info_file.parent if info_file is not None else path.parent
+    local = _where_run_is_now(info, anchor, anchor / "best", None)
+    config = _run_config(info, local, None)
+    _console_logging(config)
+    with main_process_first():
+        return config, create_dataset(config)
+
+
 def _load_weights(model, checkpoint: Path, config: Config) -> None:
     if hasattr(model, "load_checkpoint"):
         model.load_checkpoint(checkpoint)
@@ -473,6 +512,7 @@ def evaluate_run(
         "eval_seconds": round(time.time() - start, 2),
         **_test_identity(test_data),
         "checkpoint": str(checkpoint),
+        "rankings": _save_rankings(trainer, test_data, _rankings_path(trainer, checkpoint)),
         **_hyper_parameters(model_obj),
     }
     return _save_and_report(config, logger, result)

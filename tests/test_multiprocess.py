@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from recbole_llm.utils.checkpoint import load_training_state
+from recbole_llm.utils.rankings import read_rankings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -147,6 +148,17 @@ def test_two_processes_one_run_folder_one_json_rank0_logs_same_loss_and_rankings
     assert torch.equal(ranked_two, ranked_one)  # gathered from both ranks, in the dataloader's order
     assert result["test_result"] == reference["test_result"]
     assert result["test_fingerprint"] == reference["test_fingerprint"]
+    # Rank 0 writes the gathered rankings once, the same lists as one process (utils/rankings.py).
+    assert sorted(run_dir.glob("*.jsonl")) == [run_dir / "rankings.jsonl"]
+    assert result["rankings"] == str(run_dir / "rankings.jsonl")
+    one_rows = read_rankings(_run_dirs(workspace, "one")[0] / "rankings.jsonl")
+    two_rows = read_rankings(run_dir / "rankings.jsonl")
+    assert len(two_rows) == 8
+    assert [(r["user"], r["target"], r["items"]) for r in two_rows] == [
+        (r["user"], r["target"], r["items"]) for r in one_rows
+    ]
+    for one, two in zip(one_rows, two_rows, strict=True):
+        assert two["scores"] == pytest.approx(one["scores"], abs=1e-4)
     # The IGD §4.2.1 log counts every rank's tokens: the same token counts as one process.
     one_log = (_run_dirs(workspace, "one")[0] / "ig_loss.csv").read_text().splitlines()
     two_log = (run_dir / "ig_loss.csv").read_text().splitlines()

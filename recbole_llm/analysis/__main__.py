@@ -6,6 +6,7 @@
     python -m recbole_llm.analysis ig-stats results/ml-100k/LLMGenRec-igd-d3-*.json
     python -m recbole_llm.analysis zero-ig ml-100k ml-1m
     python -m recbole_llm.analysis ig-loss saved/LLMGenRec-ml-100k-*/
+    python -m recbole_llm.analysis metrics results/ml-100k/SASRec-*.json --k 5 10
 
 RUN arguments are results JSONs (results/<dataset>/<run>-<time>.json) or LLM run folders (saved/...).
 Outputs go to --output, by default <results_dir>/<dataset>/analysis/.
@@ -32,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "ig-stats": "recbole_llm.analysis.ig_stats:run_ig_stats",
     "zero-ig": "recbole_llm.analysis.ig_stats:run_zero_ig",
     "ig-loss": "recbole_llm.analysis.ig_stats:run_ig_loss",
+    "metrics": "recbole_llm.analysis.rankings:run_metrics",
 }
 
 
@@ -110,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ig-loss", help="token loss by IG group per epoch (IGD §4.2.1), from ig_loss.csv")
     p.add_argument("runs", nargs="+", help="run folders, results JSONs or ig_loss.csv files")
     p.add_argument("--output", default=None)
+
+    p = sub.add_parser(
+        "metrics", help="every metric (accuracy + beyond accuracy) recomputed from a run's saved rankings"
+    )
+    p.add_argument("runs", nargs="+", help="results JSONs, LLM run folders or rankings.jsonl files")
+    p.add_argument("--k", type=int, nargs="+", default=None, help="cut-offs (default: the run's topk)")
+    p.add_argument("--output", default=None, help="also write metrics.json into this folder")
     return parser
 
 
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         files = run(args.runs, args.output, args.k, args.max_users, _overrides(args.set))
     elif args.command == "zero-ig":
         files = run(args.datasets, args.output, _overrides(args.set))
+    elif args.command == "metrics":
+        files = run(args.runs, args.k, args.output)
     else:
         files = run(args.runs, args.output)
     for name, path in files.items():

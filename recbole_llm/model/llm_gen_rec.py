@@ -28,6 +28,7 @@ from recbole_llm.model.decoding import (
     fill_by_popularity,
     history_mask,
     leaves_to_items,
+    ranked_item_scores,
     ranking_to_scores,
 )
 from recbole_llm.model.grounding import embed_item_titles, ground_generations
@@ -257,6 +258,11 @@ class LLMGenRec(SequentialRecommender):
         """Ranked item ids ``[B, k]`` for each sample's history (``-1`` pads short lists unless filled)."""
         return self.recommend_histories(self.histories(interaction), k).to(interaction[self.ITEM_SEQ].device)
 
+    def recommend_scored(self, interaction, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ranked item ids [B, k], their beam scores [B, k])``: what the saved rankings record."""
+        ranked, scores = self.rank_histories(self.histories(interaction), k)
+        return ranked.to(interaction[self.ITEM_SEQ].device), scores
+
     @torch.no_grad()
     def recommend_histories(
         self, histories: list[list[int]], k: int, without_history: bool = False
@@ -265,6 +271,15 @@ class LLMGenRec(SequentialRecommender):
 
         ``without_history`` decodes from the counterfactual prompt without the history (CFT's analysis).
         """
+        return self.rank_histories(histories, k, without_history)[0]
+
+    @torch.no_grad()
+    def rank_histories(
+        self, histories: list[list[int]], k: int, without_history: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ranked item ids [U, k], scores [U, k])``: each item's final beam score (the scorers' total,
+        :func:`ranked_item_scores`); ``NaN`` where the decoder gives none (BIGRec's grounding, padding,
+        popularity fill)."""
         cf = True if without_history else None
         prompts = self.prompts.prompt_ids_batch(histories, counterfactual=cf)
         settings = self.decoding
@@ -274,9 +289,10 @@ class LLMGenRec(SequentialRecommender):
             item_index = [self.prompts.prompt_item_index(h, counterfactual=cf) for h in histories]
         if settings.decoder == "bigrec":
             ranked = self._bigrec_rank(prompts, k, exclude, item_index)
+            scores = torch.full(ranked.shape, float("nan"))
         else:
             ensemble = self._ensemble_probs(histories) if settings.uses_ensemble else None
-            leaves, _ = constrained_beam_search(
+            leaves, leaf_scores = constrained_beam_search(
                 self.llm,
                 prompts,
                 self.trie,
@@ -290,9 +306,12 @@ class LLMGenRec(SequentialRecommender):
                 exclude_items=histories if self.exclude_history else None,
             )
             ranked = leaves_to_items(self.trie, leaves, k, exclude=exclude)
+            scores = ranked_item_scores(self.trie, leaves, leaf_scores, ranked)
         if settings.fill == "popularity":
-            ranked = fill_by_popularity(ranked, self._fill_order, exclude)
-        return ranked
+            filled = fill_by_popularity(ranked, self._fill_order, exclude)
+            scores = torch.where(filled == ranked, scores, torch.full_like(scores, float("nan")))
+            ranked = filled
+        return ranked, scores
 
     def hyper_parameters(self) -> dict[str, Any]:
         """The values this model really uses, paper defaults resolved (``beta: ~`` -> 0.25 for cft).

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from recbole_llm.model.objectives import weighted_total
 from recbole_llm.trainer.batching import plan_epoch, shard
-from recbole_llm.trainer.evaluation import ranked_to_topk, score_ranked
+from recbole_llm.trainer.evaluation import Rankings, ranked_to_topk, score_ranked
 from recbole_llm.trainer.ig_loss import IGLossTracker
 from recbole_llm.trainer.precision import enable_deterministic_algorithms, resolve_mixed_precision
 from recbole_llm.trainer.resume import ResumableTraining, empty_epoch_sums
@@ -446,8 +446,8 @@ class LLMTrainer(ResumableTraining, Trainer):
         model.eval()
         k = max(self.config["topk"])
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        done: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (batch index, topk rows, ranked items)
-        iid = self.config["ITEM_ID_FIELD"]
+        done: list[tuple[int, torch.Tensor, torch.Tensor, Rankings]] = []  # (batch, topk rows, ranked, all)
+        iid, uid = self.config["ITEM_ID_FIELD"], self.config["USER_ID_FIELD"]
         batches = tqdm(
             eval_data,
             total=len(eval_data),
@@ -461,21 +461,34 @@ class LLMTrainer(ResumableTraining, Trainer):
                     continue
                 interaction = batched_data[0].to(self.device)
                 with self.accelerator.autocast():
-                    ranked = model.recommend(interaction, k)
-                done.append((batch_idx, ranked_to_topk(ranked, interaction[iid]).cpu(), ranked.cpu()))
+                    ranked, scores = model.recommend_scored(interaction, k)
+                users, targets = interaction[uid].cpu(), interaction[iid].cpu()
+                row = Rankings(users, targets, ranked.cpu(), scores.cpu().float())
+                done.append((batch_idx, ranked_to_topk(ranked, interaction[iid]).cpu(), ranked.cpu(), row))
         if world > 1:
             # Each process scored every world-th batch: collect the CPU tensors (pickled objects, not
             # padded device tensors, so uneven shares are fine) and restore the dataloader's order.
             done = sorted(gather_object(done), key=lambda entry: entry[0])
-        topk = torch.cat([t for _, t, _ in done]) if done else torch.zeros((0, k + 1), dtype=torch.int)
-        ranked_items = torch.cat([r for _, _, r in done]) if done else torch.zeros((0, k), dtype=torch.long)
+        topk = torch.cat([t for _, t, _, _ in done]) if done else torch.zeros((0, k + 1), dtype=torch.int)
+        ranked_items = (
+            torch.cat([r for _, _, r, _ in done]) if done else torch.zeros((0, k), dtype=torch.long)
+        )
         result = score_ranked(self.evaluator, self.eval_collector.get_data_struct(), topk, ranked_items)
         self.last_ranked_items = ranked_items
+        self.last_rankings = _cat_rankings([entry[3] for entry in done], k)
         if not self._validating and self.accelerator.is_main_process:
             for name, value in result.items():
                 self.tensorboard.add_scalar(f"Test/{name}", value, self._last_epoch)
             self.tensorboard.flush()
         return result
+
+
+def _cat_rankings(parts: list[Rankings], k: int) -> Rankings:
+    """One :class:`Rankings` of the batches, in order (empty tensors when nothing was evaluated)."""
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Rankings(empty, empty, torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k)))
+    return Rankings(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
 
 def _term_means(model, losses) -> dict[str, float] | None:

@@ -12,6 +12,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_llm.model.decoding.items import mask_history_scores
+from recbole_llm.trainer.evaluation import Rankings, top_scored
 from recbole_llm.utils.checkpoint import safe_torch_load
 from recbole_llm.utils.distributed import single_process_only
 from recbole_llm.utils.io import atomic_write
@@ -28,6 +29,8 @@ class SafeTrainer(Trainer):
     def __init__(self, config, model):
         single_process_only(config["model"])
         super().__init__(config, model)
+        self._ranked_batches: list[Rankings] = []  # what _full_sort_batch_eval ranked, in batch order
+        self.last_rankings: Rankings | None = None  # the last evaluate's top-K lists (the rankings file)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -68,6 +71,10 @@ class SafeTrainer(Trainer):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
         if self.config["exclude_history"]:
             scores = mask_history_scores(scores, interaction[self.model.ITEM_SEQ])
+        items, values = top_scored(scores, max(self.config["topk"]))
+        uid, iid = self.config["USER_ID_FIELD"], self.config["ITEM_ID_FIELD"]
+        row = Rankings(interaction[uid].cpu(), interaction[iid].cpu(), items.cpu(), values.float().cpu())
+        self._ranked_batches.append(row)
         return interaction, scores, positive_u, positive_i
 
     @torch.no_grad()
@@ -77,4 +84,12 @@ class SafeTrainer(Trainer):
             checkpoint = safe_torch_load(checkpoint_file, map_location=self.device)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
-        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+        self._ranked_batches = []
+        result = super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+        # What RecBole's Collector scored (its torch.topk of the same scores), for the rankings file.
+        if self._ranked_batches:
+            self.last_rankings = Rankings(
+                *(torch.cat(col) for col in zip(*self._ranked_batches, strict=True))
+            )
+        self._ranked_batches = []
+        return result

@@ -96,6 +96,9 @@ def save_results(config, result: Mapping[str, Any]) -> Path:
     if result.get("checkpoint"):
         paths["checkpoint"] = record_path(result["checkpoint"], out_dir)
         result["checkpoint"] = paths["checkpoint"]["absolute"]
+    if result.get("rankings"):  # the per-sample rankings file (utils/rankings.py)
+        paths["rankings"] = record_path(result["rankings"], out_dir)
+        result["rankings"] = paths["rankings"]["absolute"]
     payload = {
         "run": run_name(config),
         "model": config["model"],

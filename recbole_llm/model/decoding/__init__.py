@@ -28,6 +28,7 @@ _HOMES = {
     "mask_history_scores": "items",
     "leaves_to_items": "items",
     "ranking_to_scores": "items",
+    "ranked_item_scores": "items",
 }
 __all__ = sorted(_HOMES)
 

@@ -74,6 +74,30 @@ def leaves_to_items(
     return res
 
 
+def ranked_item_scores(
+    trie: TitleTrie, leaf_ids: torch.Tensor, leaf_scores: torch.Tensor, ranked: torch.Tensor
+) -> torch.Tensor:
+    """The beam score of each ranked item ``[U, k]``: the score of the leaf (title) it came from.
+
+    Items that share a title share its score; ``NaN`` where no beam reached the item (``-1`` padding,
+    items added by ``fill: popularity``), so a saved ranking never shows a made-up score.
+    """
+    ptr, items = trie.leaf_item_ptr.cpu(), trie.leaf_items.cpu()
+    n_ids = int(items.max()) + 1 if items.numel() else 1
+    leaf_of_item = torch.full((max(n_ids, int(ranked.max()) + 1, 1),), -2, dtype=torch.long)
+    leaf_of_item[items] = torch.repeat_interleave(torch.arange(trie.num_leaves), torch.diff(ptr))
+    ranked = ranked.cpu()
+    wanted = torch.where(ranked >= 0, leaf_of_item[ranked.clamp_min(0)], torch.full_like(ranked, -2))
+    match = wanted[:, :, None] == leaf_ids.cpu()[:, None, :]  # [U, k, B]
+    picked = (
+        leaf_scores.cpu()
+        .float()[:, None, :]
+        .expand(match.shape)
+        .gather(2, match.int().argmax(2, keepdim=True))
+    )
+    return torch.where(match.any(2), picked.squeeze(2), torch.full(ranked.shape, float("nan")))
+
+
 def fill_by_popularity(
     ranked: torch.Tensor, order: torch.Tensor, exclude: torch.Tensor | None = None
 ) -> torch.Tensor:
