@@ -40,15 +40,20 @@ def _newest_key(result: dict[str, Any]) -> tuple[str, str]:
     return (str(result.get("created") or ""), Path(result.get("_path", "")).name)
 
 
+def _by_label(
+    results: Sequence[dict[str, Any]], labels: Sequence[str]
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Results grouped by (dataset, label), oldest first in each group."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for label, result in zip(labels, results, strict=True):
+        groups.setdefault((str(result.get("dataset")), label), []).append(result)
+    return {key: sorted(group, key=_newest_key) for key, group in groups.items()}
+
+
 def pick_rows(results: Sequence[dict[str, Any]], keep_all: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """``(label, result)`` rows: the newest result per (dataset, label), or all of them with a time suffix."""
-    labels = labels_for(results)
-    by_label: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for label, result in zip(labels, results, strict=True):
-        by_label.setdefault((str(result.get("dataset")), label), []).append(result)
     rows = []
-    for (_, label), group in by_label.items():
-        group = sorted(group, key=_newest_key)
+    for (_, label), group in _by_label(results, labels_for(results)).items():
         if not keep_all:
             rows.append((label, group[-1]))
         elif len(group) == 1:
@@ -79,13 +84,8 @@ def pick_groups(
     """
     if keep_all:
         return [(label, [result]) for label, result in pick_rows(results, keep_all=True)]
-    labels = labels_for(results, ignore=(SEED_KEY,))
-    by_label: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for label, result in zip(labels, results, strict=True):
-        by_label.setdefault((str(result.get("dataset")), label), []).append(result)
     rows = []
-    for (_, label), group in by_label.items():
-        group = sorted(group, key=_newest_key)
+    for (_, label), group in _by_label(results, labels_for(results, ignore=(SEED_KEY,))).items():
         fingerprint = group[-1].get("test_fingerprint")
         newest_per_seed = {_seed_of(r): r for r in group if r.get("test_fingerprint") == fingerprint}
         rows.append((label, sorted(newest_per_seed.values(), key=_seed_of)))
