@@ -26,7 +26,7 @@ from recbole_llm.data.protocol import check_split_protocol
 from recbole_llm.model import get_model
 from recbole_llm.model.decoding.scorers import scorer_keys
 from recbole_llm.model.objectives import OBJECTIVES
-from recbole_llm.utils.config_access import check_exclude_history, check_fsdp, parse_value
+from recbole_llm.utils.config_access import TRAINER_FLAGS, check_exclude_history, check_flag, parse_value
 from recbole_llm.utils.distributed import is_main_process
 from recbole_llm.utils.errors import UserError, UserFileError
 
@@ -369,8 +369,9 @@ class Config(RecBoleConfig):
         self.final_config_dict["exclude_history"] = check_exclude_history(
             self.final_config_dict.get("exclude_history", False)
         )
-        if "fsdp" in self.final_config_dict:
-            self.final_config_dict["fsdp"] = check_fsdp(self.final_config_dict["fsdp"])
+        for key, meaning in TRAINER_FLAGS.items():
+            if key in self.final_config_dict:
+                self.final_config_dict[key] = check_flag(key, self.final_config_dict[key], meaning)
         # RecBole derives valid_metric_bigger from the metric's name and knows no "loss" metric.
         if str(self.final_config_dict.get("valid_metric", "")).lower() == "loss":
             self.final_config_dict["valid_metric_bigger"] = False

@@ -216,3 +216,22 @@ def test_d3_ensemble_with_a_sasrec_run_end_to_end(workspace, monkeypatch):
     alone = run_recbole_llm(config_dict={"evaluate": guided["results_file"], "ensemble_weight": 1.0})
     assert alone["hyper_parameters"]["ensemble_weight"] == 1.0
     assert again["test_fingerprint"] == alone["test_fingerprint"] == guided["test_fingerprint"]
+
+
+def test_zero_shot_trains_nothing_and_is_a_full_run(workspace, monkeypatch):
+    """``zero_shot``: the best checkpoint holds the LLM exactly as loaded, no epoch ran, and the run is tested
+    and named like any other (issue 15's zero-shot row)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    result = _run(workspace, monkeypatch, zero_shot=True, learning_rate=0.5)
+    results_file = Path(result["results_file"])
+    assert results_file.name.startswith("LLMGenRec-sft-d3-zeroshot-")
+    saved = json.loads(results_file.read_text())
+    assert set(saved["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
+    weights = load_file(str(Path(saved["checkpoint"]) / "trainable.safetensors"))
+    original = AutoModelForCausalLM.from_pretrained(workspace[1]).state_dict()
+    changed = [k for k, v in weights.items() if not torch.equal(v, original[k.removeprefix("llm.")])]
+    assert not changed  # a learning rate of 0.5 would have moved every weight in one step
+    run_info = json.loads((Path(saved["checkpoint"]).parent / "run.json").read_text())
+    assert run_info  # the run folder reloads like a trained run's

@@ -269,8 +269,24 @@ class LLMTrainer(ResumableTraining, Trainer):
         if self._resume_rng is not None:  # last, so that nothing above shifts the restored streams
             restore_rng_state(self._resume_rng)
             self._resume_rng = None
+        if self.config["zero_shot"]:
+            return self._zero_shot(valid_data, verbose, saved, show_progress)
         with self._stop_signals_handled():
             return self._fit_epochs(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _zero_shot(self, valid_data, verbose, saved, show_progress):
+        """``zero_shot``: the LLM as loaded, no optimizer step. It is validated and saved as a trained run's
+        best model is, so the test, ``--evaluate``, ``recommend`` and ``compare`` treat it like any run."""
+        self._last_epoch = 0
+        score, result = (
+            self._valid_epoch(valid_data, show_progress=show_progress) if valid_data else (0.0, None)
+        )
+        if verbose:
+            self.logger.info(set_color("zero-shot (no training)", "green") + f": valid_score {score:f}")
+        self.best_valid_score, self.best_valid_result = score, result
+        if saved:
+            self._save_best()
+        return self.best_valid_score, self.best_valid_result
 
     def _fit_epochs(self, train_data, valid_data, verbose, saved, show_progress, callback_fn):
         for epoch_idx in range(self.start_epoch, self.epochs):

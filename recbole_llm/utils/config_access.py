@@ -63,10 +63,22 @@ def check_exclude_history(value: Any) -> bool:
     return value
 
 
-def check_fsdp(value: Any) -> bool:
-    """The one validation of ``fsdp`` (LLMGenRec's trainer): a boolean, ``~`` meaning off."""
+def check_flag(key: str, value: Any, meaning: str) -> bool:
+    """A True/False key (``~`` meaning off); ``meaning`` says what True does, for the error."""
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise ValueError(f"fsdp={value!r} must be True or False (True shards the LLM over the processes).")
+        raise ValueError(f"{key}={value!r} must be True or False (True {meaning}).")
     return value
+
+
+# LLMGenRec's trainer flags: key -> what True does (validated by Config, documented in LLMGenRec.yaml).
+TRAINER_FLAGS = {
+    "fsdp": "shards the LLM over the processes",
+    "zero_shot": "evaluates the LLM as loaded, with no training step",
+}
+
+
+def check_fsdp(value: Any) -> bool:
+    """The one validation of ``fsdp`` (LLMGenRec's trainer)."""
+    return check_flag("fsdp", value, TRAINER_FLAGS["fsdp"])

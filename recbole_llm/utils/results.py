@@ -81,6 +81,8 @@ def run_name(config) -> str:
     name = config["model"]
     if config["objective"] and name == "LLMGenRec":
         name += f"-{config['objective']}-{config['decoder']}"
+        if config["zero_shot"]:
+            name += "-zeroshot"
     return name
 
 
