@@ -30,7 +30,7 @@ from recbole.utils import set_color
 from recbole_llm.quick_start import run_recbole_llm
 from recbole_llm.reporting.compare import same_split_report
 from recbole_llm.trainer import TrainingStopped
-from recbole_llm.utils.errors import run_cli
+from recbole_llm.utils.errors import UserError, run_cli
 
 
 def log_same_split_report(results_file: str, logger: Logger | None = None) -> None:
@@ -49,6 +49,57 @@ def main(argv: list[str] | None = None) -> None:
     """``recbole-llm ...`` and ``python run_recbole_llm.py ...``: one entry point, one behaviour; a user
     mistake ends in ``error: <message>`` and exit code 2 (``--debug``: with the traceback)."""
     run_cli(_main, argv)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds=2020,2021``: distinct integers, in the given order."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(
+            f"--seeds={text!r}: give comma-separated integers, e.g. --seeds=2020,2021,2022."
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds={text!r}: give one or more distinct integers, e.g. --seeds=2020,2021,2022.")
+    return seeds
+
+
+def _without(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--x=v`` or ``--x v``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            out.append(arg)
+    return out
+
+
+def _run_seeds(seeds: list[int], args: argparse.Namespace) -> None:
+    """One run per seed, each exactly the command as given plus ``--seed=<s>`` (RecBole reads sys.argv)."""
+    if args.resume is not None or args.evaluate is not None:
+        raise UserError("--seeds repeats a training run: it cannot be combined with --resume or --evaluate.")
+    rest = _without(sys.argv[1:], "--seeds")
+    if any(a == "--seed" or a.startswith("--seed=") for a in rest):
+        raise UserError("--seeds and --seed were both given: keep --seeds (one run per seed).")
+    config_files = args.config_files.split() if args.config_files else None
+    files = []
+    for seed in seeds:
+        sys.argv = [sys.argv[0], *rest, f"--seed={seed}"]
+        getLogger().info(set_color(f"seed {seed} ({len(files) + 1} of {len(seeds)})", "yellow"))
+        try:
+            result = run_recbole_llm(
+                model=args.model or "SASRec", dataset=args.dataset or "ml-100k", config_file_list=config_files
+            )
+        except TrainingStopped as stop:
+            print(stop, file=sys.stderr)
+            sys.exit(stop.exit_code)
+        files.append(result["results_file"])
+    log_same_split_report(files[-1])
+    for seed, file in zip(seeds, files, strict=True):
+        print(f"seed {seed}: {file}")
 
 
 def _main(argv: list[str] | None = None) -> None:
@@ -74,9 +125,18 @@ def _main(argv: list[str] | None = None) -> None:
         help="results JSON or run folder of a finished run: decode its best checkpoint again with the "
         "decoding keys given now (--decoder, --ig_alpha, ...), without training",
     )
+    parser.add_argument(
+        "--seeds",
+        type=str,
+        default=None,
+        help="comma-separated seeds, e.g. 2020,2021,2022: the same configuration once per seed, each a full "
+        "run with its own results JSON (compare shows them as one row, mean ± std)",
+    )
     if argv is not None:  # RecBole reads the --key=value overrides from sys.argv itself
         sys.argv = [sys.argv[0], *argv]
     args, _ = parser.parse_known_args()
+    if args.seeds is not None:
+        return _run_seeds(parse_seeds(args.seeds), args)
     config_files = args.config_files.split() if args.config_files else None
     if args.evaluate is not None:
         model, dataset, extra = args.model, args.dataset, {"evaluate": args.evaluate}

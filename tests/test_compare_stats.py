@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -234,3 +235,46 @@ def test_seed_groups_split_on_other_keys_and_keep_the_newest_test_samples(tmp_pa
     assert table.set_index("label").at["GRU4Rec", "n_seeds"] == 2
     every = cmp.pick_groups(load_results([tmp_path]), keep_all=True)  # --all: one row per run, no grouping
     assert len(every) == 7 and all(len(runs) == 1 for _, runs in every)
+
+
+def test_seeds_command_runs_one_full_run_per_seed_and_compare_groups_them(tmp_path, monkeypatch):
+    """``--seeds=1,2``: two complete runs (results JSON each, seed recorded) that compare shows as one row."""
+    from recbole_llm import cli
+    from recbole_llm.reporting.compare import pick_groups
+    from recbole_llm.reporting.results import load_results
+    from tests.fixtures import write_prepared
+
+    write_prepared(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["run_recbole_llm.py"])  # RecBole reads the overrides from sys.argv
+    argv = [
+        "--model=SASRec",
+        "--dataset=tiny",
+        f"--data_path={tmp_path / 'data'}",
+        "--epochs=1",
+        "--seeds=1,2",
+        "--state=ERROR",
+    ]
+    cli._main(argv)
+    results = load_results([tmp_path / "results" / "tiny"])
+    assert sorted(r["config"]["seed"] for r in results) == [1, 2]
+    ((label, runs),) = pick_groups(results)
+    assert label == "SASRec" and len(runs) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seeds=1,x"], "give comma-separated integers"),
+        (["--seeds=1,1"], "one or more distinct integers"),
+        (["--seeds=1,2", "--seed=3"], "--seeds and --seed were both given"),
+        (["--seeds=1,2", "--resume=saved/x"], "cannot be combined with --resume"),
+    ],
+)
+def test_seeds_mistakes_are_refused(argv, message, monkeypatch):
+    from recbole_llm import cli
+    from recbole_llm.utils.errors import UserError
+
+    monkeypatch.setattr(sys, "argv", ["run_recbole_llm.py"])
+    with pytest.raises(UserError, match=message):
+        cli._main(["--model=SASRec", *argv])
