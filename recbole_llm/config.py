@@ -369,6 +369,11 @@ class Config(RecBoleConfig):
         self.final_config_dict["exclude_history"] = check_exclude_history(
             self.final_config_dict.get("exclude_history", False)
         )
+        sample_seed = self.final_config_dict.get("sample_seed")
+        if sample_seed is not None and (isinstance(sample_seed, bool) or not isinstance(sample_seed, int)):
+            raise ValueError(
+                f"sample_seed={sample_seed!r} must be an integer (the seed of the sample subsets)."
+            )
         for key, meaning in TRAINER_FLAGS.items():
             if key in self.final_config_dict:
                 self.final_config_dict[key] = check_flag(key, self.final_config_dict[key], meaning)

@@ -262,6 +262,33 @@ def test_seeds_command_runs_one_full_run_per_seed_and_compare_groups_them(tmp_pa
     assert label == "SASRec" and len(runs) == 2
 
 
+def test_seeds_share_their_sample_subsets(tmp_path, monkeypatch):
+    """``sample_seed`` draws the eval_sample_num subset: two training seeds are tested on the same samples."""
+    from recbole_llm.config import Config
+    from recbole_llm.quick_start import load_run
+    from recbole_llm.utils.results import split_fingerprint
+    from tests.fixtures import write_prepared
+
+    write_prepared(tmp_path / "data")
+    monkeypatch.setattr(sys, "argv", ["run"])
+
+    def fingerprint(**extra):
+        config = Config(
+            model="SASRec",
+            dataset="tiny",
+            config_dict={
+                "data_path": str(tmp_path / "data"),
+                "eval_sample_num": 4,
+                "state": "ERROR",
+                **extra,
+            },
+        )
+        return split_fingerprint(load_run(config, quiet=True, with_trainer=False)[1][2].dataset)
+
+    assert fingerprint(seed=1) == fingerprint(seed=2)
+    assert fingerprint(seed=1, sample_seed=5) != fingerprint(seed=1, sample_seed=6)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -100,7 +100,10 @@ class SharedSplitDataset(SequentialDataset):
             "valid": self.config["eval_sample_num"],
             "test": self.config["eval_sample_num"],
         }
-        seed = int(self.config["seed"])
+        # sample_seed, not seed: runs that differ only in their training seed keep the same samples
+        seed = int(
+            self.config["sample_seed"] if self.config["sample_seed"] is not None else self.config["seed"]
+        )
         built = []
         for offset, (split, ds) in enumerate(zip(SPLITS, datasets, strict=True)):
             if len(ds) == 0:
