@@ -96,6 +96,16 @@ def _requested(key: str, config_dict: dict[str, Any] | None) -> str | None:
     return None
 
 
+def recorded_overrides(info: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded overrides. A run made before ``sample_seed`` existed drew its sample subsets with its
+    ``seed``: that seed keeps drawing them, so reading the run finds its own test samples again."""
+    overrides = dict(info.get("overrides") or {})
+    recorded = info.get("config") or {}
+    if recorded and "sample_seed" not in recorded and "sample_seed" not in overrides:
+        overrides["sample_seed"] = recorded.get("seed", 2020)
+    return overrides
+
+
 def resume_settings(
     resume: str | Path, model: str | None, dataset: str | None, config_dict: dict[str, Any] | None
 ) -> tuple[str | None, str | None, dict[str, Any] | None]:
@@ -115,7 +125,7 @@ def resume_settings(
                 f"--{key}={given} but the run in {info_file.parent} was trained with {key}={info[key]}: "
                 f"drop --{key} (--resume reads it from run.json) or resume another run folder."
             )
-    merged = {k: v for k, v in (info.get("overrides") or {}).items() if k not in ("model", "dataset")}
+    merged = {k: v for k, v in recorded_overrides(info).items() if k not in ("model", "dataset")}
     merged.update(_where_run_is_now(info, info_file.parent, info_file.parent / "best", config_dict))
     merged.update(config_dict or {})
     return info["model"], info["dataset"], merged
@@ -365,7 +375,7 @@ def _run_config(
     info: dict[str, Any], local: dict[str, Any], config_dict: dict[str, Any] | None, **kwargs
 ) -> Config:
     """The run's recorded overrides, then where its folders are now, then the settings given now."""
-    overrides = dict(info.get("overrides") or {})
+    overrides = recorded_overrides(info)
     overrides.update(local)
     overrides.update(config_dict or {})
     overrides.pop("resume", None)

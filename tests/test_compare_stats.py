@@ -305,3 +305,13 @@ def test_seeds_mistakes_are_refused(argv, message, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["run_recbole_llm.py"])
     with pytest.raises(UserError, match=message):
         cli._main(["--model=SASRec", *argv])
+
+
+def test_runs_made_before_sample_seed_keep_their_own_samples():
+    from recbole_llm.quick_start import recorded_overrides
+
+    old = {"overrides": {"seed": 7}, "config": {"seed": 7}}  # its seed drew its samples
+    new = {"overrides": {"seed": 7}, "config": {"seed": 7, "sample_seed": 2020}}
+    assert recorded_overrides(old) == {"seed": 7, "sample_seed": 7}
+    assert recorded_overrides(new) == {"seed": 7}
+    assert recorded_overrides({"overrides": {"seed": 7}}) == {"seed": 7}  # nothing recorded: as given
