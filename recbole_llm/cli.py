@@ -152,3 +152,7 @@ def _main(argv: list[str] | None = None) -> None:
         print(stop, file=sys.stderr)
         sys.exit(stop.exit_code)
     log_same_split_report(result["results_file"])
+
+
+if __name__ == "__main__":  # python -m recbole_llm.cli (what the study command and torchrun -m start)
+    main()

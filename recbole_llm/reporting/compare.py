@@ -74,18 +74,20 @@ def _seed_of(result: dict[str, Any]) -> str:
 
 
 def pick_groups(
-    results: Sequence[dict[str, Any]], keep_all: bool = False
+    results: Sequence[dict[str, Any]], keep_all: bool = False, labels: Sequence[str] | None = None
 ) -> list[tuple[str, list[dict[str, Any]]]]:
     """``(label, runs)`` rows: runs that differ only in ``seed`` share a row (the newest run per seed).
 
     The label leaves the seed out. Runs of one label on other test samples than its newest run are left
     out (as :func:`pick_rows` keeps only the newest), so a group's seeds always share their test samples.
-    With ``keep_all`` every run is its own row, as :func:`pick_rows` gives them.
+    With ``keep_all`` every run is its own row, as :func:`pick_rows` gives them. ``labels`` (one per
+    result, e.g. a study's method names) replaces the automatic labels.
     """
-    if keep_all:
+    if keep_all and labels is None:
         return [(label, [result]) for label, result in pick_rows(results, keep_all=True)]
     rows = []
-    for (_, label), group in _by_label(results, labels_for(results, ignore=(SEED_KEY,))).items():
+    labels = labels_for(results, ignore=(SEED_KEY,)) if labels is None else list(labels)
+    for (_, label), group in _by_label(results, labels).items():
         fingerprint = group[-1].get("test_fingerprint")
         newest_per_seed = {_seed_of(r): r for r in group if r.get("test_fingerprint") == fingerprint}
         rows.append((label, sorted(newest_per_seed.values(), key=_seed_of)))
@@ -213,6 +215,8 @@ def comparison_table(
     sort_by: str | None = None,
     holm: bool = False,
     notes: list[str] | None = None,
+    labels: Sequence[str] | None = None,
+    keep_order: bool = False,
 ) -> pd.DataFrame:
     """One row per method and dataset; ``<metric>_improv`` = relative improvement over ``base`` (per dataset).
 
@@ -220,11 +224,13 @@ def comparison_table(
     ``<metric>_lo/_hi`` (95 % interval) and, paired with the base on the same samples, ``<metric>_p``,
     ``<metric>_diff_lo/_diff_hi`` and ``<metric>_sig`` (``*`` when p < 0.05; Holm-adjusted p in
     ``<metric>_p_holm`` and used for ``_sig`` with ``holm``). ``notes`` collects why a row got no interval.
+    ``labels`` (one per result) names the rows instead of the automatic labels; ``keep_order`` keeps the
+    rows in the order of their first result instead of baselines first, then alphabetical.
     """
     metrics = [m.lower() for m in metrics]
     notes = [] if notes is None else notes
     rows = []
-    for label, runs in pick_groups(results, keep_all=keep_all):
+    for label, runs in pick_groups(results, keep_all=keep_all, labels=labels):
         r = max(runs, key=_newest_key)
         tests = [{k.lower(): v for k, v in (run.get("test_result") or {}).items()} for run in runs]
         row = {
@@ -253,9 +259,9 @@ def comparison_table(
         )
         rows.append(row)
     table = pd.DataFrame(rows)
-    # Baselines first, then the LLM variants, alphabetically (the papers' layout).
-    table["_llm"] = table["model"].eq("LLMGenRec")
-    table = table.sort_values(["dataset", "_llm", "label"], kind="stable").drop(columns="_llm")
+    if not keep_order:  # baselines first, then the LLM variants, alphabetically (the papers' layout)
+        table["_llm"] = table["model"].eq("LLMGenRec")
+        table = table.sort_values(["dataset", "_llm", "label"], kind="stable").drop(columns="_llm")
     if sort_by:
         key = sort_by.lower()
         if key not in metrics:
