@@ -35,7 +35,7 @@ from benchmarks.workload import (
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 GPU_OUT = Path(__file__).resolve().parent / "results" / "gpu.json"
-SECTIONS = ("decoder", "training", "padding", "trie")
+SECTIONS = ("decoder", "training", "padding", "trie", "full_split")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--trie-items", type=int, default=None, help="catalogue size (default 41,722; 2,000 quick)"
     )
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: shared CPU; 0 = all)")
+    p.add_argument(
+        "--full-users",
+        type=int,
+        default=None,
+        help="full_split: users decoded by each path (default 64; 4 quick)",
+    )
+    p.add_argument("--full-batch", type=int, default=32, help="full_split: decode batch of the fast path")
     return p
 
 
@@ -121,9 +128,11 @@ def run(args: argparse.Namespace, log=print, workload=None) -> dict[str, Any]:
     if args.device != "cpu":
         result["gpu_note"] = f"measured on {info.get('gpu_name', args.device)}"
 
-    if workload is None and {"decoder", "training", "padding"} & set(only):
+    full_users = args.full_users or (4 if quick else 64)
+    if workload is None and {"decoder", "training", "padding", "full_split"} & set(only):
         log(f"loading {args.dataset} and {backbone} ({args.dtype}, {threads} thread(s)) ...")
-        workload = load_workload(backbone, args.dataset, args.data_path, users, args.device, args.dtype)
+        samples = max(users, full_users if "full_split" in only else 0)
+        workload = load_workload(backbone, args.dataset, args.data_path, samples, args.device, args.dtype)
     if workload is not None:
         result["settings"]["backbone"] = workload.backbone
         result["settings"]["load_seconds"] = round(workload.load_seconds, 1)
@@ -191,6 +200,27 @@ def run(args: argparse.Namespace, log=print, workload=None) -> dict[str, Any]:
         result["trie_build_seconds"] = trie["seconds"]
         result["trie_build_peak_mb"] = trie["peak_mb"]
         result["section_seconds"]["trie"] = round(time.perf_counter() - t0, 1)
+
+    if "full_split" in only:
+        from benchmarks.full_split import run_full_split
+
+        cores = os.cpu_count() or 1
+        log(f"[5/5] full test split: {full_users} users, every path, {cores} thread(s), wall clock")
+        t0 = time.perf_counter()
+        model = workload.model("sft")
+        model.eval()
+        prompts = model.prompts.prompt_ids_batch(model.histories(workload.test.inter_feat[:full_users]))
+        torch.set_num_threads(cores)  # a run uses every core (cpu_threads: ~)
+        try:
+            full = run_full_split(
+                model, prompts, num_beams=args.beams, fast_batch=args.full_batch, device=args.device, log=log
+            )
+        finally:
+            torch.set_num_threads(threads)
+        result["full_split"] = full
+        result["full_split_minutes"] = full["projected_full_split_minutes"]["fast"]
+        result["section_seconds"]["full_split"] = round(time.perf_counter() - t0, 1)
+        result["load_average"]["after_full_split"] = load_average()
 
     result["load_average"]["end"] = load_average()
     result["total_seconds"] = round(time.perf_counter() - t_start, 1)

@@ -15,6 +15,7 @@ _LABELS = {
     "padding_share": "padding tokens in training micro-batches",
     "trie_build_seconds": "trie + IG tables, {items} titles: time",
     "trie_build_peak_mb": "trie + IG tables, {items} titles: peak memory",
+    "full_split_minutes": "full ml-100k test split (9,834 users), projected wall clock",
 }
 
 
@@ -45,6 +46,8 @@ def _fmt(key: str, value: float | None) -> str:
         return f"{100 * value:.2f}%"
     if key == "trie_build_seconds":
         return f"{value:.2f} s"
+    if key == "full_split_minutes":
+        return f"{value:.1f} min"
     return f"{value:.0f} MB"
 
 
@@ -57,6 +60,8 @@ def _target(key: str) -> str:
         return f"{sign} {100 * bound:g}%"
     if key == "trie_build_seconds":
         return f"{sign} {bound:g} s"
+    if key == "full_split_minutes":
+        return f"{sign} {bound:g} min"
     return f"{sign} {bound / 1024:g} GB"
 
 
@@ -125,6 +130,18 @@ def details(result: dict[str, Any]) -> str:
             f"trie: {trie['items']} items, {trie['titles']} titles, {trie['nodes']} nodes, mean "
             f"{trie['mean_tokens']:.1f} / max {trie['max_tokens']} tokens; tracemalloc peak "
             f"{trie['tracemalloc_peak_mb']:.0f} MB"
+        )
+    full = result.get("full_split")
+    if full:
+        ups, fl, same = full["users_per_s"], full["floor"], full["fp32_fast_equals_today"]
+        ref = f", generate() {ups['generate']:.2f}" if "generate" in ups else ""
+        out.append(
+            f"full split ({full['precision']}, {full['threads']} threads, wall clock): {full['users']} users; "
+            f"users/s: today (batch {full['batch']['today']}) {ups['today']:.2f}, fast (batch "
+            f"{full['batch']['fast']}) {ups['fast']:.2f}{ref}; projected 9,834 users: "
+            f"{full['projected_full_split_minutes']['fast']:.1f} min; floor {fl['floor_full_split_minutes']:.1f} min "
+            f"({fl['gflop_per_user']:.0f} GFLOP/user at {fl['matmul_gflops']:.0f} GFLOP/s; fast runs at "
+            f"{100 * fl['fast_share_of_floor']:.0f} % of it); fp32 rankings fast = today: {same['identical']}"
         )
     out.append(
         f"load average (1/5/15 min) at start {result.get('load_average', {}).get('start')}, "

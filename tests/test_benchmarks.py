@@ -55,6 +55,11 @@ def test_quick_run_writes_every_key(tmp_path, workload):
     assert res["gpu"] is None and res["load_average"]["start"]
     assert set(res["met"]) == set(TARGETS)
     assert "| decoder" in markdown_table(res)
+    full = res["full_split"]  # every path ran on the same users; the fp32 check compared them all
+    assert full["users"] == 3 and set(full["users_per_s"]) == {"today", "fast", "generate"}
+    assert full["fp32_fast_equals_today"]["identical"] and full["fp32_fast_equals_today"]["users"] == 3
+    assert full["floor"]["block_tokens"] > 0 and full["floor"]["head_rows"] >= 3
+    assert res["full_split_minutes"] == pytest.approx(9834 / full["users_per_s"]["fast"] / 60)
 
 
 def _ranked(leaves, scores):

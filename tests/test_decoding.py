@@ -581,3 +581,37 @@ def test_fill_by_popularity_is_deterministic_and_skips_present_items():
     order = torch.tensor([4, 2, 9, 1])  # most popular first
     ranked = torch.tensor([[2, -1, -1], [7, 8, 1], [-1, -1, -1]])
     assert fill_by_popularity(ranked, order).tolist() == [[2, 4, 9], [7, 8, 1], [4, 2, 9]]
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_weights_cast_once_under_autocast_gives_bit_identical_lists(frozen):
+    """The search under bf16 autocast with the linear weights cast once equals autocast's own per-call casts
+    exactly (same rounding); frozen weights (LoRA's base layers) are where autocast re-casts at every step."""
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=True)).eval()
+    model.requires_grad_(not frozen)
+    trie = _trie(CAT_A)
+    before = {name: p for name, p in model.named_parameters()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        slow = constrained_beam_search(model, PROMPTS, trie, num_beams=5, batch_size=2, cast_weights_once=False)
+        fast = constrained_beam_search(model, PROMPTS, trie, num_beams=5, batch_size=2)
+    assert torch.equal(slow[0], fast[0]) and torch.equal(slow[1], fast[1])
+    after = dict(model.named_parameters())
+    assert all(after[n] is p and p.dtype == torch.float32 for n, p in before.items())  # put back, fp32
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+
+
+def test_weights_cast_once_casts_each_linear_once_and_leaves_the_embedding_fp32():
+    from recbole_llm.model.decoding.weights import linear_weights_cast_once
+
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=True)).eval()
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    with linear_weights_cast_once(model, "cpu") as swapped:
+        assert swapped == 0  # autocast off: nothing to do
+    with torch.autocast("cpu", dtype=torch.bfloat16), linear_weights_cast_once(model, "cpu") as swapped:
+        assert swapped == n_linear
+        assert model.lm_head.weight.dtype == torch.bfloat16
+        assert model.model.embed_tokens.weight.dtype == torch.float32
+        assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert model.lm_head.weight.dtype == torch.float32

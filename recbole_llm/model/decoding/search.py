@@ -40,6 +40,7 @@ from recbole_llm.model.decoding.kv_cache import (
     use_attention,
 )
 from recbole_llm.model.decoding.scorers import BeamScorer, BeamStep, EnsembleSource, compose_scorers
+from recbole_llm.model.decoding.weights import linear_weights_cast_once
 from recbole_llm.model.trie import TitleTrie
 
 
@@ -99,6 +100,7 @@ def constrained_beam_search(
     share_prompt_prefix: bool = True,
     scorers: Sequence[BeamScorer] | None = None,
     exclude_items: Sequence[Sequence[int]] | None = None,
+    cast_weights_once: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank the titles of ``trie`` for each prompt; returns ``(leaf_ids [U, K], scores [U, K])`` on CPU.
 
@@ -122,6 +124,8 @@ def constrained_beam_search(
     while some item under it is not excluded (:func:`allowed_item_cumsum`), so no beam is spent on a title
     whose items are all excluded; a title shared with a non-excluded item stays reachable (drop the excluded
     items from it with ``leaves_to_items(..., exclude=...)``).
+    ``cast_weights_once``: under autocast, the linear weights are cast to its dtype once for the whole call
+    (:mod:`.weights`; bit-identical lists, one low-precision copy of those weights in memory meanwhile).
     """
     if scorers is None:
         scorers = compose_scorers(length_penalty, ig_alpha, ensemble, ensemble_weight)
@@ -152,38 +156,39 @@ def constrained_beam_search(
     out_score = torch.full((n_users, num_beams), -math.inf)
     order = sorted(range(n_users), key=lambda i: len(prompts[i]))
     with_index = embed_fn is not None and prompt_item_index is not None
-    for b0 in range(0, n_users, batch_size):
-        idx = order[b0 : b0 + batch_size]
-        users = torch.as_tensor(idx, dtype=torch.long)
-        batch_scorers = [scorer.for_batch(users, t) for scorer in scorers]
-        allowed_cs = None
-        if exclude_items is not None:
-            allowed_cs = allowed_item_cumsum(t, [exclude_items[i] for i in idx])
-        logits, cache, mask = _prompt_pass(
-            model,
-            [list(prompts[i]) for i in idx],
-            [list(prompt_item_index[i]) for i in idx] if with_index else None,
-            embed_fn if with_index else None,
-            position_offset_fn if with_index else None,
-            pad,
-            device,
-            share_prompt_prefix and full_attention,
-        )
-        leaves, scores = _search_batch(
-            model,
-            logits,
-            cache,
-            mask,
-            t,
-            num_beams,
-            batch_scorers,
-            max_new,
-            early_stopping,
-            kv_cache != "dynamic" and full_attention,
-            allowed_cs,
-        )
-        out_leaf[idx] = leaves.cpu()
-        out_score[idx] = scores.cpu()
+    with linear_weights_cast_once(model, device.type) if cast_weights_once else nullcontext():
+        for b0 in range(0, n_users, batch_size):
+            idx = order[b0 : b0 + batch_size]
+            users = torch.as_tensor(idx, dtype=torch.long)
+            batch_scorers = [scorer.for_batch(users, t) for scorer in scorers]
+            allowed_cs = None
+            if exclude_items is not None:
+                allowed_cs = allowed_item_cumsum(t, [exclude_items[i] for i in idx])
+            logits, cache, mask = _prompt_pass(
+                model,
+                [list(prompts[i]) for i in idx],
+                [list(prompt_item_index[i]) for i in idx] if with_index else None,
+                embed_fn if with_index else None,
+                position_offset_fn if with_index else None,
+                pad,
+                device,
+                share_prompt_prefix and full_attention,
+            )
+            leaves, scores = _search_batch(
+                model,
+                logits,
+                cache,
+                mask,
+                t,
+                num_beams,
+                batch_scorers,
+                max_new,
+                early_stopping,
+                kv_cache != "dynamic" and full_attention,
+                allowed_cs,
+            )
+            out_leaf[idx] = leaves.cpu()
+            out_score[idx] = scores.cpu()
     return out_leaf, out_score
 
 
