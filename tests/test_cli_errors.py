@@ -1,7 +1,7 @@
 """Issue 14: every user mistake on the real command line gets one line, exit code 2, and leaves nothing behind.
 
 Each case runs one of the real commands (``run_recbole_llm.py``, ``run_hyper.py``, ``python -m
-recbole_llm.recommend / .analysis``) in a subprocess, in a fresh working folder holding the tiny prepared
+recbole_llm.recommend / .analysis / .data / .study``) in a subprocess, in a fresh working folder holding the tiny prepared
 dataset. Cases that read a finished run get the results JSON of one tiny LLMGenRec run trained once per
 module (``RUN`` in the arguments). Most are refused before any model loads (so each takes about the
 start-up time). The README's Troubleshooting table lists these cases: ``python -m tests.test_cli_errors``
@@ -33,6 +33,7 @@ COMMANDS = {
     "recommend": ["-m", "recbole_llm.recommend"],
     "analysis": ["-m", "recbole_llm.analysis"],
     "data": ["-m", "recbole_llm.data"],
+    "study": ["-m", "recbole_llm.study"],
 }
 RUN = "RUN"  # replaced by the module's finished tiny run (its results JSON)
 TRUNCATED = '{"run": "LLMGenRec-sft-d3", "model": "LLMGenRec", "dataset": "ti'
@@ -192,6 +193,20 @@ CASES = [
         "Steam reviews file not found: nope.json.gz",
         "pass the path of the downloaded raw file",
         "data",
+    ),
+    Case(
+        ("s.yaml",),
+        {"s.yaml": "dataset: tiny\nmethods: {A: {model: SASRec}}\nbasis: [A]\n"},
+        "study file s.yaml: unknown key(s) basis",
+        "use the keys the message lists (dataset, seeds, methods, shared, bases, ...)",
+        "study",
+    ),
+    Case(
+        ("nope.yaml",),
+        {},
+        "study file nope.yaml does not exist",
+        "pass a study file such as properties/study/ml-100k.yaml",
+        "study",
     ),
 ]
 

@@ -4,6 +4,7 @@ study of two baselines x two seeds (one process per run) that continues instead 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,9 +115,14 @@ def test_table_refuses_runs_on_different_test_samples(tmp_path):
         st.study_table(study, out)
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The study command from another folder, importing this checkout (as do the runs it starts)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run(
-        [sys.executable, "-m", "recbole_llm.study", *args], cwd=cwd, capture_output=True, text=True
+        [sys.executable, "-m", "recbole_llm.study", *args], cwd=cwd, capture_output=True, text=True, env=env
     )
 
 
