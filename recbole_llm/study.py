@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from recbole_llm.config import properties_dir
 from recbole_llm.model import GENERATIVE_MODELS
 from recbole_llm.reporting.compare import comparison_table
 from recbole_llm.reporting.labels import DEFAULT_METRICS, metric_title
@@ -90,6 +91,9 @@ def _cli_value(value: Any) -> str:
 def load_study(path: str | Path) -> Study:
     """Read and check a study file; every mistake names the file, the entry and the fix."""
     path = Path(path)
+    packaged = properties_dir() / "study" / path.name
+    if not path.is_file() and path.parent.as_posix().endswith("properties/study") and packaged.is_file():
+        path = packaged  # a pip-installed package run from any folder: the packaged copy
     if not path.is_file():
         raise UserFileError(
             f"study file {path} does not exist: pass a YAML file such as properties/study/ml-100k.yaml."

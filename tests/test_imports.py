@@ -1,7 +1,7 @@
 """The package's import structure: no circles, floors respected, no hidden imports of its own modules.
 
 Floors, lowest first: utils <- data <- model <- config/ensemble <- trainer <- quick_start <- recommend,
-tuning, reporting <- analysis <- cli (the console command). A module may import its own floor or lower ones, never a higher one, and
+tuning, reporting <- analysis <- cli (the console command) <- study (starts cli runs as processes). A module may import its own floor or lower ones, never a higher one, and
 a function-level import of the package's own modules is allowed only to defer a heavy optional
 dependency, marked ``# deferred: <reason>`` on its line or the line above.
 """
@@ -27,6 +27,7 @@ FLOORS = {
     "recbole_llm.reporting": 6,
     "recbole_llm.analysis": 7,
     "recbole_llm.cli": 8,
+    "recbole_llm.study": 9,
 }
 
 

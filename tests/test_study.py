@@ -174,3 +174,19 @@ def test_a_failing_run_stops_the_study_with_one_line_and_how_to_continue(tmp_pat
     assert last.startswith("error: [study 1/1] Bad, seed 2020 failed (exit code 2)")
     assert "run the same study command again" in last
     assert not (tmp_path / "out" / st.MANIFEST).exists()
+
+
+def test_the_shipped_study_file_is_valid_and_found_from_any_folder(tmp_path, monkeypatch):
+    """properties/study/ml-100k.yaml (the README table) loads; from another folder the packaged copy is used."""
+    monkeypatch.chdir(tmp_path)
+    study = st.load_study("properties/study/ml-100k.yaml")
+    assert [m.label for m in study.methods] == [
+        "SASRec",
+        "GRU4Rec",
+        "Caser",
+        "Zero-shot LLM",
+        "D3 (SFT)",
+        "IGD",
+    ]
+    assert study.bases == ["SASRec", "D3 (SFT)"] and study.holm is True
+    assert all(m.overrides["eval_sample_num"] == 1000 for m in study.methods)
