@@ -239,6 +239,45 @@ def run_trie_child(items: int, repeats: int, threads: int) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
+# The top-level keys each section writes (besides its entry in section_seconds).
+SECTION_KEYS = {
+    "decoder": ("decoder", "decoder_speedup", "decoder_outputs_identical"),
+    "training": ("training", "step_ratio", "step_seconds"),
+    "padding": ("padding", "padding_share"),
+    "trie": ("trie", "trie_build_seconds", "trie_build_peak_mb"),
+    "full_split": ("full_split", "full_split_minutes"),
+}
+
+
+def keep_other_sections(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """With ``--only``, the sections not run now keep their earlier numbers from ``out`` (and say when
+    and where they were measured), so one long section can be rerun alone without losing the others."""
+    if not out.is_file():
+        return result
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return result
+    kept = [s for s, keys in SECTION_KEYS.items() if keys[0] not in result and keys[0] in old]
+    if not kept:
+        return result
+    for section in kept:
+        for key in SECTION_KEYS[section]:
+            if key in old:
+                result[key] = old[key]
+        if section in old.get("section_seconds", {}):
+            result["section_seconds"][section] = old["section_seconds"][section]
+    earlier = dict(old.get("kept_sections") or {})
+    for section in kept:
+        earlier[section] = earlier.get(section) or {
+            "machine": old.get("machine"),
+            "command": old.get("command"),
+        }
+    result["kept_sections"] = {s: earlier[s] for s in kept}
+    result["met"] = {k: passes(k, lookup(result, k)) for k in TARGETS}
+    return result
+
+
 def write_result(result: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -258,7 +297,7 @@ def main(argv: list[str] | None = None, workload=None) -> int:
         )
         return 0
     args.out = args.out or DEFAULT_OUT
-    result = run(args, workload=workload)
+    result = keep_other_sections(run(args, workload=workload), args.out)
     write_result(result, args.out)
     print()
     print(f"Benchmarks on {result['machine']}")

@@ -2,6 +2,7 @@
 compares outputs (a wrong decoder is caught)."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -60,6 +61,25 @@ def test_quick_run_writes_every_key(tmp_path, workload):
     assert full["fp32_fast_equals_today"]["identical"] and full["fp32_fast_equals_today"]["users"] == 3
     assert full["floor"]["block_tokens"] > 0 and full["floor"]["head_rows"] >= 3
     assert res["full_split_minutes"] == pytest.approx(9834 / full["users_per_s"]["fast"] / 60)
+
+
+def test_only_one_section_keeps_the_others_from_the_earlier_json(tmp_path, workload):
+    """``--only padding`` after a full run (the committed latest.json): the other sections' numbers stay,
+    marked as kept with where they were measured; padding is measured again."""
+    old = json.loads((Path(__file__).resolve().parent.parent / "benchmarks/results/latest.json").read_text())
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps(old))
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--quick", "--out", str(out), "--only", "padding"], workload=workload) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.read_text())
+    assert res["decoder"] == old["decoder"] and res["step_ratio"] == old["step_ratio"]  # kept
+    assert res["padding"]["samples"] != old["padding"]["samples"]  # measured now, on the fixture
+    assert "padding" not in res["kept_sections"] and "decoder" in res["kept_sections"]
+    assert res["kept_sections"]["decoder"]["machine"] == old["machine"]
+    assert res["met"]["decoder_speedup"] is True
 
 
 def _ranked(leaves, scores):
