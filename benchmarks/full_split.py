@@ -105,9 +105,11 @@ def run_full_split(
     bf16: bool | None = None,
     reference: bool = True,
     log: Callable[[str], None] = print,
+    processes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Users/s of ``today``, ``fast`` and ``generate`` on ``prompts``, the fp32 ranking check, the projection
-    to the full split and the compute floor (see the module docstring)."""
+    to the full split and the compute floor (see the module docstring). ``processes`` (``{"processes": 2,
+    "dataset": ..., "data_path": ...}``) adds :func:`run_processes` on the same users."""
     llm, trie, pad = model.llm, model.trie, model.prompts.pad_token_id
     bf16 = cpu_has_fast_bf16() if bf16 is None else bf16
     threads = torch.get_num_threads()
@@ -155,12 +157,29 @@ def run_full_split(
             p.requires_grad_(g)
     log(f"  frozen   {len(frozen_users)} users: re-cast {frozen_recast:.1f} s, cast once {frozen_once:.1f} s")
 
+    split = None
+    if processes:
+        split = run_processes(
+            n, processes["dataset"], processes["data_path"], fast_batch, processes["processes"]
+        )
+        leaves = torch.full_like(fast[0], -1)
+        scores = torch.full_like(fast[1], -math.inf)
+        for part in split.pop("rankings"):
+            leaves[part["users"]] = torch.tensor(part["leaves"])
+            scores[part["users"]] = torch.tensor(
+                [[-math.inf if v is None else v for v in row] for row in part["scores"]]
+            )
+        split["bf16_vs_fast"] = compare_rankings((leaves, scores), fast, BF16_SCORE_TOL)
+        runs["processes"] = split["decode_seconds"]
+        log(f"  {split['processes']} processes x 1 thread: {split['decode_seconds']:.1f} s wall")
+
     per_block, hidden, vocab = _block_params(llm)
     flops = 2 * (work["block_tokens"] * per_block + work["head_rows"] * hidden * vocab)
     gflops = matmul_gflops(bf16)
     floor_s = flops / (gflops * 1e9)
     users_per_s = {name: n / seconds for name, seconds in runs.items()}
-    projected_min = FULL_SPLIT_USERS / users_per_s["fast"] / 60
+    best = max(("fast", "processes"), key=lambda k: users_per_s.get(k, 0.0))
+    projected_min = FULL_SPLIT_USERS / users_per_s[best] / 60
     result = {
         "users": n,
         "num_beams": num_beams,
@@ -179,6 +198,8 @@ def run_full_split(
         "projected_full_split_minutes": {
             name: FULL_SPLIT_USERS / ups / 60 for name, ups in users_per_s.items()
         },
+        "best_path": best,
+        "processes": split,
         "target_minutes": TARGET_MINUTES,
         "target_met": projected_min <= TARGET_MINUTES,
         "floor": {
@@ -204,3 +225,109 @@ def run_full_split(
             f"{result['floor']['floor_full_split_minutes']:.1f} min at {gflops:.0f} GFLOP/s"
         )
     return result
+
+
+# ------------------------------------------------------------------------------ 2 processes x 1 thread
+def run_processes(
+    n_users: int,
+    dataset: str,
+    data_path: str,
+    batch: int,
+    processes: int = 2,
+    beams: int = 10,
+    backbone: str = "smollm2",
+) -> dict[str, Any]:
+    """Users/s of ``processes`` decoders with one thread each on one share of the users each, side by side,
+    as ``torchrun --nproc_per_node=2 ... --cpu_threads=1`` evaluates (each rank decodes whole batches, so
+    its lists equal one process's: ``tests/test_multiprocess.py``). Each child loads the model itself; the
+    decode time is the slowest child's, from the moment both are loaded."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    cmd = [sys.executable, "-m", "benchmarks.full_split", "--users", str(n_users), "--dataset", dataset]
+    cmd += ["--data-path", data_path, "--batch", str(batch), "--beams", str(beams), "--world", str(processes)]
+    cmd += ["--backbone", backbone]
+    children = [
+        subprocess.Popen([*cmd, "--rank", str(r)], stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+        for r in range(processes)
+    ]
+    outs = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    if any(child.returncode for child in children):
+        raise RuntimeError(f"a decoding child failed: {cmd}")
+    start, end = max(o["start"] for o in outs), max(o["end"] for o in outs)
+    return {
+        "processes": processes,
+        "threads_per_process": 1,
+        "users": sum(o["users"] for o in outs),
+        "decode_seconds": round(end - start, 2),
+        "users_per_s": sum(o["users"] for o in outs) / (end - start),
+        "per_child_seconds": [round(o["end"] - o["start"], 2) for o in outs],
+        "overlap_note": "each child times its own decode; the span counts from the later start to the later end",
+        "rankings": [{"users": o["user_index"], "leaves": o["leaves"], "scores": o["scores"]} for o in outs],
+    }
+
+
+def _child(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    from benchmarks.workload import load_workload, set_threads
+
+    p = argparse.ArgumentParser()
+    for flag, kind in (
+        ("--users", int),
+        ("--batch", int),
+        ("--beams", int),
+        ("--world", int),
+        ("--rank", int),
+    ):
+        p.add_argument(flag, type=kind, required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-path", required=True)
+    p.add_argument("--backbone", default="smollm2")
+    args = p.parse_args(argv)
+    set_threads(1)
+    import sys
+
+    sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv
+    workload = load_workload(args.backbone, args.dataset, args.data_path, args.users, "cpu", "fp32")
+    model = workload.model("sft")
+    model.eval()
+    prompts = model.prompts.prompt_ids_batch(model.histories(workload.test.inter_feat[: args.users]))
+    mine = list(range(args.rank, len(prompts), args.world))
+    bf16 = cpu_has_fast_bf16()
+    with _autocast("cpu", bf16):  # warm-up, then the timed decode
+        constrained_beam_search(
+            model.llm, [prompts[mine[0]]], model.trie, num_beams=args.beams, max_new_tokens=2
+        )
+    start = time.time()
+    with _autocast("cpu", bf16):
+        leaves, scores = constrained_beam_search(
+            model.llm,
+            [prompts[i] for i in mine],
+            model.trie,
+            num_beams=args.beams,
+            pad_token_id=model.prompts.pad_token_id,
+            batch_size=args.batch,
+        )
+    end = time.time()
+    print(
+        json.dumps(
+            {
+                "users": len(mine),
+                "user_index": mine,
+                "start": start,
+                "end": end,
+                "leaves": leaves.tolist(),
+                "scores": [[s if math.isfinite(s) else None for s in row] for row in scores.tolist()],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    _child()

@@ -135,11 +135,13 @@ def details(result: dict[str, Any]) -> str:
     if full:
         ups, fl, same = full["users_per_s"], full["floor"], full["fp32_fast_equals_today"]
         ref = f", generate() {ups['generate']:.2f}" if "generate" in ups else ""
+        if "processes" in ups:
+            ref += f", {full['processes']['processes']} processes x 1 thread {ups['processes']:.2f}"
         out.append(
             f"full split ({full['precision']}, {full['threads']} threads, wall clock): {full['users']} users; "
             f"users/s: today (batch {full['batch']['today']}) {ups['today']:.2f}, fast (batch "
             f"{full['batch']['fast']}) {ups['fast']:.2f}{ref}; projected 9,834 users: "
-            f"{full['projected_full_split_minutes']['fast']:.1f} min; floor {fl['floor_full_split_minutes']:.1f} min "
+            f"{full['projected_full_split_minutes'][full['best_path']]:.1f} min ({full['best_path']}); floor {fl['floor_full_split_minutes']:.1f} min "
             f"({fl['gflop_per_user']:.0f} GFLOP/user at {fl['matmul_gflops']:.0f} GFLOP/s; fast runs at "
             f"{100 * fl['fast_share_of_floor']:.0f} % of it); fp32 rankings fast = today: {same['identical']}"
         )

@@ -82,6 +82,19 @@ def test_only_one_section_keeps_the_others_from_the_earlier_json(tmp_path, workl
     assert res["met"]["decoder_speedup"] is True
 
 
+def test_two_decoding_processes_each_decode_their_share_once(tmp_path):
+    """The full_split's 2 processes x 1 thread (tiny model): each user is decoded exactly once, by the process
+    of its share, and the slowest child's span gives the users/s."""
+    from benchmarks.full_split import run_processes
+
+    write_prepared(tmp_path / "data")
+    split = run_processes(3, "tiny", str(tmp_path / "data"), batch=2, processes=2, backbone="tiny")
+    assert split["users"] == 3 and split["users_per_s"] > 0
+    parts = split["rankings"]
+    assert sorted(u for part in parts for u in part["users"]) == [0, 1, 2]
+    assert [len(part["leaves"]) for part in parts] == [len(part["users"]) for part in parts]
+
+
 def _ranked(leaves, scores):
     return torch.tensor(leaves), torch.tensor(scores, dtype=torch.float32)
 

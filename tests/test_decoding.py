@@ -593,7 +593,9 @@ def test_weights_cast_once_under_autocast_gives_bit_identical_lists(frozen):
     trie = _trie(CAT_A)
     before = {name: p for name, p in model.named_parameters()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        slow = constrained_beam_search(model, PROMPTS, trie, num_beams=5, batch_size=2, cast_weights_once=False)
+        slow = constrained_beam_search(
+            model, PROMPTS, trie, num_beams=5, batch_size=2, cast_weights_once=False
+        )
         fast = constrained_beam_search(model, PROMPTS, trie, num_beams=5, batch_size=2)
     assert torch.equal(slow[0], fast[0]) and torch.equal(slow[1], fast[1])
     after = dict(model.named_parameters())
