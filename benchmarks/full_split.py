@@ -160,7 +160,7 @@ def run_full_split(
     split = None
     if processes:
         split = run_processes(
-            n, processes["dataset"], processes["data_path"], fast_batch, processes["processes"]
+            n, processes["dataset"], processes["data_path"], today_batch, processes["processes"]
         )
         leaves = torch.full_like(fast[0], -1)
         scores = torch.full_like(fast[1], -math.inf)
@@ -169,7 +169,7 @@ def run_full_split(
             scores[part["users"]] = torch.tensor(
                 [[-math.inf if v is None else v for v in row] for row in part["scores"]]
             )
-        split["bf16_vs_fast"] = compare_rankings((leaves, scores), fast, BF16_SCORE_TOL)
+        split["equals_today_exactly"] = compare_rankings((leaves, scores), today, tol=0.0)
         runs["processes"] = split["decode_seconds"]
         log(f"  {split['processes']} processes x 1 thread: {split['decode_seconds']:.1f} s wall")
 
@@ -237,10 +237,10 @@ def run_processes(
     beams: int = 10,
     backbone: str = "smollm2",
 ) -> dict[str, Any]:
-    """Users/s of ``processes`` decoders with one thread each on one share of the users each, side by side,
-    as ``torchrun --nproc_per_node=2 ... --cpu_threads=1`` evaluates (each rank decodes whole batches, so
-    its lists equal one process's: ``tests/test_multiprocess.py``). Each child loads the model itself; the
-    decode time is the slowest child's, from the moment both are loaded."""
+    """Users/s of ``processes`` decoders with one thread each, side by side, as ``torchrun
+    --nproc_per_node=2 ... --cpu_threads=1`` evaluates: the one-process decode batches (``batch`` users) are
+    dealt out in turn, so each batch is decoded as in one process (``equals_today_exactly`` checks it).
+    Each child loads the model itself; the decode time spans from the later start to the later end."""
     import json
     import subprocess
     import sys
@@ -266,7 +266,6 @@ def run_processes(
         "decode_seconds": round(end - start, 2),
         "users_per_s": sum(o["users"] for o in outs) / (end - start),
         "per_child_seconds": [round(o["end"] - o["start"], 2) for o in outs],
-        "overlap_note": "each child times its own decode; the span counts from the later start to the later end",
         "rankings": [{"users": o["user_index"], "leaves": o["leaves"], "scores": o["scores"]} for o in outs],
     }
 
@@ -298,7 +297,11 @@ def _child(argv: list[str] | None = None) -> None:
     model = workload.model("sft")
     model.eval()
     prompts = model.prompts.prompt_ids_batch(model.histories(workload.test.inter_feat[: args.users]))
-    mine = list(range(args.rank, len(prompts), args.world))
+    # The single process's batches (users sorted by prompt length, cut every ``batch``), dealt out in turn
+    # as the trainer's ranks take evaluation batches: each batch is decoded exactly as one process would.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [order[b : b + args.batch] for b in range(0, len(order), args.batch)]
+    mine = [u for batch in batches[args.rank :: args.world] for u in batch]
     bf16 = cpu_has_fast_bf16()
     with _autocast("cpu", bf16):  # warm-up, then the timed decode
         constrained_beam_search(
