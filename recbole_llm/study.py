@@ -354,7 +354,8 @@ def write_table(study: Study, output: Path, log=print) -> dict[str, Path]:
     first = study.bases[0] if study.bases else None
     for m in study.metrics:  # the plot's * marks: significance against the first base
         plot_table[f"{m}_sig"] = plot_table.get(f"{m}_vs_{first}", "") if first else ""
-    plot_comparison(plot_table, study.metrics, files["png"])
+    note = f"{MARK_UP}a/{MARK_DOWN}a: vs {first}, p < {ALPHA}" if first else None
+    plot_comparison(plot_table, study.metrics, files["png"], marks_note=note)
     log(markdown)
     return files
 

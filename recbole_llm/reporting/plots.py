@@ -97,8 +97,11 @@ def grouped_bars(
     ax.legend(fontsize=8)
 
 
-def plot_comparison(table: pd.DataFrame, metrics: Sequence[str], path: str | Path) -> Path:
-    """Bars of each method's metrics, one panel per dataset."""
+def plot_comparison(
+    table: pd.DataFrame, metrics: Sequence[str], path: str | Path, marks_note: str | None = None
+) -> Path:
+    """Bars of each method's metrics, one panel per dataset; ``marks_note`` says what the bar marks mean
+    when they are not compare's ``*`` (the study's ``▲a`` / ``▼a``)."""
     plt = pyplot()
     datasets = list(dict.fromkeys(table["dataset"]))
     fig, axes = plt.subplots(
@@ -137,6 +140,9 @@ def plot_comparison(table: pd.DataFrame, metrics: Sequence[str], path: str | Pat
         title = f"{dataset}: test metrics"
         if any(f"{m}_lo" in sub for m in metrics):
             tested = any(f"{m}_p" in sub and sub[f"{m}_p"].notna().any() for m in metrics)
-            title += " (bars: 95 % interval" + ("; *: p < 0.05 vs base, paired)" if tested else ")")
+            if marks_note:
+                title += f" (bars: 95 % interval; {marks_note})"
+            else:
+                title += " (bars: 95 % interval" + ("; *: p < 0.05 vs base, paired)" if tested else ")")
         ax.set_title(title)
     return save_figure(fig, path)
