@@ -290,7 +290,11 @@ def study_table(study: Study, output: Path) -> pd.DataFrame:
             table[f"{m}_vs_{base}"] = marks
     for note in notes:
         print(f"[study] {note}", file=sys.stderr)
-    return table
+    # The base-less table's empty test columns: the study's tests are the per-base ``_vs_<base>`` ones.
+    empty = [
+        f"{m}_{suffix}" for m in study.metrics for suffix in ("p", "p_holm", "diff_lo", "diff_hi", "sig")
+    ]
+    return table.drop(columns=[c for c in empty if c in table], errors="ignore")
 
 
 def _codes(bases: Sequence[str]) -> list[str]:

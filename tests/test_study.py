@@ -150,6 +150,7 @@ def test_a_study_of_two_baselines_and_two_seeds_runs_tabulates_and_continues(tmp
     table = pd.read_csv(tmp_path / "out" / "study.csv")
     assert list(table["label"]) == ["SASRec", "GRU4Rec"] and list(table["n_seeds"]) == [2, 2]
     assert "hit@10_p_holm_vs_SASRec" in table and table["hit@10_lo"].notna().all()
+    assert "hit@10_p" not in table and "hit@10_sig" not in table  # only the per-base test columns
     assert (tmp_path / "out" / "study.png").stat().st_size > 0
     assert "[lo, hi]: 95 % interval" in (tmp_path / "out" / "study.md").read_text()
     files = sorted((tmp_path / "out" / "results" / "tiny").glob("*.json"))
