@@ -10,6 +10,7 @@ import copy
 import logging
 import os
 import platform
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,20 +100,26 @@ def load_workload(
         from recbole_llm.model.backbone import load_backbone
         from recbole_llm.quick_start import create_dataset
 
-        config = Config(
-            model="LLMGenRec",
-            dataset=dataset,
-            config_dict={
-                "data_path": data_path,
-                "state": "ERROR",
-                "show_progress": False,
-                "train_sample_num": None,
-                "eval_sample_num": eval_samples,
-                "use_gpu": device != "cpu",
-                "seed": seed,
-                "llm_dtype": "float32",
-            },
-        )
+        # RecBole's Config reads --key=value overrides from sys.argv: the benchmark's own options
+        # (``--only full_split``) are not a run's keys.
+        argv, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            config = Config(
+                model="LLMGenRec",
+                dataset=dataset,
+                config_dict={
+                    "data_path": data_path,
+                    "state": "ERROR",
+                    "show_progress": False,
+                    "train_sample_num": None,
+                    "eval_sample_num": eval_samples,
+                    "use_gpu": device != "cpu",
+                    "seed": seed,
+                    "llm_dtype": "float32",
+                },
+            )
+        finally:
+            sys.argv = argv
         init_seed(seed, True)
         train, _, test = data_preparation(config, create_dataset(config))
         if backbone == "smollm2":

@@ -2,6 +2,7 @@
 compares outputs (a wrong decoder is caught)."""
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +81,20 @@ def test_only_one_section_keeps_the_others_from_the_earlier_json(tmp_path, workl
     assert "padding" not in res["kept_sections"] and "decoder" in res["kept_sections"]
     assert res["kept_sections"]["decoder"]["machine"] == old["machine"]
     assert res["met"]["decoder_speedup"] is True
+
+
+def test_the_benchmark_options_on_the_command_line_are_not_read_as_run_keys(tmp_path, monkeypatch):
+    """``python -m benchmarks --only full_split`` once died in RecBole's Config: "Unknown key 'only'"."""
+    data = tmp_path / "data"
+    write_prepared(data)
+    monkeypatch.setattr("sys.argv", ["benchmarks/__main__.py", "--only", "full_split", "--threads", "1"])
+    threads = torch.get_num_threads()
+    try:
+        loaded = load_workload("tiny", "tiny", str(data), eval_samples=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert loaded.config["eval_sample_num"] == 2
+    assert sys.argv[1:] == ["--only", "full_split", "--threads", "1"]  # given back unchanged
 
 
 def test_two_decoding_processes_each_decode_their_share_once(tmp_path):
