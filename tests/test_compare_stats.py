@@ -203,13 +203,15 @@ def test_png_draws_the_intervals_and_marks(folder, monkeypatch):
     table = cmp.comparison_table(load_results([folder]), base="SASRec", metrics=METRICS)
     plots.plot_comparison(table, list(METRICS), "unused.png")
     ax = figures[0].axes[0]
-    labels = [text.get_text() for text in ax.texts]
+    labels = [text.get_text().strip() for text in ax.texts]
     assert "1*" in labels  # LLMGenRec-sft-d3's HR@2, significant against the base
     caps = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
     sft = table.index[table["label"] == "LLMGenRec-sft-d3"][0]
     # errorbar of sft's HR@2 bar: from its Wilson lower end up to 1
     segments = caps[sft].lines[2][0].get_segments()
     assert segments[0][:, 1] == pytest.approx([1 - WILSON_0_OF_6, 1.0], abs=1e-6)
+    label = next(text for text in ax.texts if text.get_text().strip() == "1*")
+    assert label.get_position()[1] == pytest.approx(1.0) and label.get_rotation() == 90  # above its interval
     assert "95 % interval" in ax.get_title()
     plots.pyplot().close(figures[0])
 

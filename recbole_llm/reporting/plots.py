@@ -88,7 +88,13 @@ def grouped_bars(
                 "n/a" if m else fmt.format(h * scale) + suffix
                 for h, m, suffix in zip(heights, missing, suffixes, strict=True)
             ]
-            ax.bar_label(bars, labels=labels, fontsize=7)
+            if yerr is None and n <= 3:
+                ax.bar_label(bars, labels=labels, fontsize=7)
+            else:  # above the interval, upright: side-by-side labels of close bars would overlap
+                tops = [h * scale + (yerr[1][j] if yerr else 0.0) for j, h in enumerate(heights)]
+                for x, top, label in zip(xs, tops, labels, strict=True):
+                    ax.text(x, top, " " + label, ha="center", va="bottom", rotation=90, fontsize=7)
+    ax.margins(y=0.2)  # room for the upright labels
     ax.set_xticks(range(len(categories)))
     ax.set_xticklabels(categories)
     ax.set_ylabel(ylabel + (" (%)" if percent else ""))
