@@ -6,7 +6,7 @@ layers, a model loaded for analysis) are cast again at every one of the ~30 step
 and trainable ones once per autocast context (per evaluation batch). :func:`linear_weights_cast_once`
 casts them once for a whole decode. The cast is the one autocast performs (``Tensor.to``, round to
 nearest) and autocast leaves an already-low-precision weight as it is, so every logit, score and ranked
-list is bit-identical (``tests/test_decoder.py``); norms, embeddings and the residual stream stay fp32 as
+list is bit-identical (``tests/test_decoding.py``); norms, embeddings and the residual stream stay fp32 as
 autocast keeps them.
 """
 
