@@ -290,9 +290,6 @@ def _child(argv: list[str] | None = None) -> None:
     p.add_argument("--backbone", default="smollm2")
     args = p.parse_args(argv)
     set_threads(1)
-    import sys
-
-    sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv
     workload = load_workload(args.backbone, args.dataset, args.data_path, args.users, "cpu", "fp32")
     model = workload.model("sft")
     model.eval()

@@ -10,7 +10,6 @@ import copy
 import logging
 import os
 import platform
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -96,14 +95,11 @@ def load_workload(
         from recbole.data import data_preparation
         from recbole.utils import init_seed
 
-        from recbole_llm.config import Config
+        from recbole_llm.config import Config, command_line_ignored
         from recbole_llm.model.backbone import load_backbone
         from recbole_llm.quick_start import create_dataset
 
-        # RecBole's Config reads --key=value overrides from sys.argv: the benchmark's own options
-        # (``--only full_split``) are not a run's keys.
-        argv, sys.argv = sys.argv, sys.argv[:1]
-        try:
+        with command_line_ignored():  # the benchmark's own options (--only full_split) are no run keys
             config = Config(
                 model="LLMGenRec",
                 dataset=dataset,
@@ -118,8 +114,6 @@ def load_workload(
                     "llm_dtype": "float32",
                 },
             )
-        finally:
-            sys.argv = argv
         init_seed(seed, True)
         train, _, test = data_preparation(config, create_dataset(config))
         if backbone == "smollm2":

@@ -11,7 +11,8 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,17 @@ def split_cmd_args(args: list[str]) -> tuple[list[str], list[str]]:
             stray.append(arg)
         i += 1
     return joined, stray
+
+
+@contextmanager
+def command_line_ignored() -> Iterator[None]:
+    """Configs built inside read no ``--key=value`` from ``sys.argv`` (RecBole's Config reads it itself): for
+    commands with their own options (recommend, analysis, benchmarks), which are no run's keys."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 def _under_pytest(argv0: str) -> bool:

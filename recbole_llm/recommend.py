@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,10 +117,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    # RecBole's Config reads --key=value from sys.argv (and refuses stray arguments such as the run's path):
-    # this command's options are no run settings.
-    sys.argv = sys.argv[:1]
-    recs = Recommender.load(args.run).recommend(args.history, args.k)
+    # deferred: the config module imports RecBole, which --help does not need
+    from recbole_llm.config import command_line_ignored
+
+    with command_line_ignored():  # the run's path and --history are no run settings
+        recs = Recommender.load(args.run).recommend(args.history, args.k)
     if args.json:
         print(json.dumps(recs, indent=2, ensure_ascii=False))
         return

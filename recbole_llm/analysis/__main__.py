@@ -124,8 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    # RecBole's Config reads --key=value from sys.argv: keep our options out of the reloaded configs.
-    sys.argv = sys.argv[:1]
+    # deferred: the config module imports RecBole, which --help does not need
+    from recbole_llm.config import command_line_ignored
+
+    with command_line_ignored():  # our options are no settings of the reloaded runs
+        files = _run(args)
+    for name, path in files.items():
+        print(f"wrote {name}: {path}", file=sys.stderr)
+    return files
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     run = command(args.command)
     if args.command == "compare":
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -142,8 +151,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         files = run(args.runs, args.k, args.output)
     else:
         files = run(args.runs, args.output)
-    for name, path in files.items():
-        print(f"wrote {name}: {path}", file=sys.stderr)
     return files
 
 
